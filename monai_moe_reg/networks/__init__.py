@@ -1,0 +1,1 @@
+"""Registration networks and their building blocks."""

@@ -1,0 +1,85 @@
+"""A Swin Transformer stage whose window attention is a Mixture of Attention heads (SHMoAReg encoder stage)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.networks.nets.swin_unetr import BasicLayer
+from torch import nn
+
+from monai_moe_reg.networks.blocks.moa_attention import MoAWindowAttention
+
+__all__ = ["MoASwinStage"]
+
+
+class MoASwinStage(BasicLayer):
+    """MONAI's Swin :class:`~monai.networks.nets.swin_unetr.BasicLayer` with MoA attention in every block.
+
+    The stage is MONAI's own (alternating regular / shifted windows, the shift mask, MLP, drop path); only each
+    ``SwinTransformerBlock.attn`` is replaced by :class:`MoAWindowAttention` when ``use_moa`` is true. With
+    ``use_moa=False`` it is exactly MONAI's stage (the "MoA off" ablation).
+
+    Args:
+        dim: token channels ``C``.
+        depth: number of Swin blocks.
+        num_heads: heads per token (MoA top-k).
+        window_size: window size, one entry per spatial dimension.
+        drop_path: stochastic depth rate, a float or one value per block.
+        mlp_ratio: MLP hidden size / ``dim``.
+        qkv_bias: bias on the query/key/value projections.
+        drop: dropout rate.
+        attn_drop: attention dropout rate.
+        norm_layer: normalisation layer class.
+        downsample: MONAI patch-merging class applied at the end, or ``None``.
+        use_checkpoint: gradient checkpointing.
+        use_moa: use Mixture of Attention heads (otherwise plain Swin multi-head attention).
+        num_experts: MoA head experts ``E``; defaults to ``2 * num_heads``.
+
+    Shapes:
+        input ``(B, C, *S)`` with 2 or 3 spatial dims; output ``(B, C, *S)`` (or merged when ``downsample`` is set).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: Sequence[int],
+        drop_path: float | list[float] = 0.0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        norm_layer: type[nn.LayerNorm] = nn.LayerNorm,
+        downsample: type[nn.Module] | None = None,
+        use_checkpoint: bool = False,
+        use_moa: bool = True,
+        num_experts: int | None = None,
+    ) -> None:
+        dpr = list(drop_path) if isinstance(drop_path, (list, tuple)) else [float(drop_path)] * depth
+        super().__init__(
+            dim=dim,
+            depth=depth,
+            num_heads=num_heads,
+            window_size=tuple(window_size),
+            drop_path=dpr,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop=drop,
+            attn_drop=attn_drop,
+            norm_layer=norm_layer,
+            downsample=downsample,
+            use_checkpoint=use_checkpoint,
+        )
+        self.use_moa = use_moa
+        if use_moa:
+            for blk in self.blocks:
+                blk.attn = MoAWindowAttention(
+                    dim,
+                    num_heads=num_heads,
+                    window_size=tuple(window_size),
+                    num_experts=num_experts,
+                    qkv_bias=qkv_bias,
+                    attn_drop=attn_drop,
+                    proj_drop=drop,
+                )

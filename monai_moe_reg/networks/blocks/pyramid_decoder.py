@@ -1,0 +1,145 @@
+"""Coarse-to-fine warping pyramid decoder shared by SHMoAReg and LLM-Morph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution, Warp
+from monai.networks.layers.factories import Conv
+from torch import nn
+
+from monai_moe_reg.networks.blocks.flow import ResidualFlowComposer, upsample_ddf
+from monai_moe_reg.networks.blocks.shmoe import SHMoE
+
+__all__ = ["PyramidDecoder"]
+
+
+class PyramidDecoder(nn.Module):
+    """Registration decoder that refines a displacement field from the coarsest level to full resolution (RDP-style).
+
+    Level ``l`` has spatial size ``S / 2**l``; levels are given fine to coarse (index 0 = full resolution). At the
+    coarsest level the fixed and moving features are concatenated and a residual is predicted. At every finer level:
+
+    1. the current flow is upsampled x2 and its vectors scaled x2 (:func:`upsample_ddf`);
+    2. the moving features of that level are warped with it (MONAI :class:`~monai.networks.blocks.Warp`);
+    3. ``[fixed, warped moving, upsampled decoder features, extra]`` go through a conv block;
+    4. a head predicts the residual (a velocity in the diffeomorphic case) and
+       :class:`ResidualFlowComposer` composes it: ``flow = warp(flow, w) + w``.
+
+    Heads are :class:`SHMoE` layers at the levels in ``moe_levels`` (SHMoAReg: full and 1/2) and plain
+    convolutions elsewhere. For the routing-classification loss, after a forward ``moe_records`` lists, for each
+    SHMoE level (fine to coarse), ``{"level", "gates", "experts", "prior_ddf"}``: the gate probabilities, the experts'
+    predictions (both ``(B, D, E, *s)``) and the flow that warped the moving image before this level's residual
+    (``None`` at the coarsest level).
+
+    Args:
+        spatial_dims: 2 or 3.
+        fixed_channels: feature channels per level (fine to coarse) of the fixed image.
+        moving_channels: same for the moving image (default: ``fixed_channels``).
+        channels: decoder channels per level (fine to coarse).
+        extra_channels: channels of optional extra per-level features (LLM-Morph's adapters), 0 where none.
+        moe_levels: levels whose head is an SHMoE layer (() disables SHMoE: the "SHMoE off" ablation).
+        moe_kernel_sizes: SHMoE expert kernels.
+        moe_gate_mode: SHMoE gradient path to the router, see :class:`SHMoE`.
+        diffeomorphic: residuals are velocities integrated by scaling and squaring.
+        integration_steps: scaling-and-squaring steps.
+        act: activation of the conv blocks (MONAI layer factory name/args).
+        norm: normalisation of the conv blocks.
+        head_init_std: std of the plain heads' initial weights.
+
+    Shapes:
+        ``forward(fixed_feats, moving_feats, extra_feats=None)``: lists of ``(B, C_l, *S / 2**l)``; returns the DDF
+        ``(B, spatial_dims, *S)`` in voxel units of level 0.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        fixed_channels: Sequence[int],
+        channels: Sequence[int],
+        moving_channels: Sequence[int] | None = None,
+        extra_channels: Sequence[int] | None = None,
+        moe_levels: Sequence[int] = (0, 1),
+        moe_kernel_sizes: Sequence[int] = (1, 3, 5),
+        moe_gate_mode: str = "straight_through",
+        diffeomorphic: bool = False,
+        integration_steps: int = 7,
+        act: str | tuple = ("leakyrelu", {"negative_slope": 0.2}),
+        norm: str | tuple | None = None,
+        head_init_std: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        n = len(fixed_channels)
+        moving_channels = list(fixed_channels) if moving_channels is None else list(moving_channels)
+        extra_channels = [0] * n if extra_channels is None else list(extra_channels)
+        if not (len(channels) == len(moving_channels) == len(extra_channels) == n) or n < 1:
+            raise ValueError(
+                "fixed_channels, moving_channels, extra_channels and channels need one entry per level, got "
+                f"{list(fixed_channels)}, {moving_channels}, {extra_channels}, {list(channels)}."
+            )
+        if any(not 0 <= lv < n for lv in moe_levels):
+            raise ValueError(f"moe_levels must index the {n} levels (0 = full resolution), got {tuple(moe_levels)}.")
+        self.spatial_dims = spatial_dims
+        self.num_levels = n
+        self.moe_levels = tuple(sorted(set(int(lv) for lv in moe_levels)))
+        self.blocks = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        conv = Conv[Conv.CONV, spatial_dims]
+        for lv in range(n):
+            up = channels[lv + 1] if lv + 1 < n else 0
+            in_ch = fixed_channels[lv] + moving_channels[lv] + up + extra_channels[lv]
+            self.blocks.append(Convolution(spatial_dims, in_ch, channels[lv], act=act, norm=norm))
+            if lv in self.moe_levels:
+                head = SHMoE(spatial_dims, channels[lv], kernel_sizes=moe_kernel_sizes, gate_mode=moe_gate_mode)
+            else:
+                head = conv(channels[lv], spatial_dims, 3, padding=1)
+                nn.init.normal_(head.weight, 0.0, head_init_std)
+                nn.init.zeros_(head.bias)
+            self.heads.append(head)
+        self.warp = Warp(mode="bilinear", padding_mode="border")
+        self.composer = ResidualFlowComposer(spatial_dims, diffeomorphic, integration_steps)
+        self.moe_records: list[dict] = []
+
+    def forward(
+        self,
+        fixed_feats: Sequence[torch.Tensor],
+        moving_feats: Sequence[torch.Tensor],
+        extra_feats: Sequence[torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        if len(fixed_feats) != self.num_levels or len(moving_feats) != self.num_levels:
+            raise ValueError(
+                f"PyramidDecoder expects {self.num_levels} feature levels, got {len(fixed_feats)} fixed and "
+                f"{len(moving_feats)} moving."
+            )
+        extra_feats = [None] * self.num_levels if extra_feats is None else list(extra_feats)
+        flow, dec = None, None
+        records = []
+        for lv in reversed(range(self.num_levels)):
+            fixed, moving = fixed_feats[lv], moving_feats[lv]
+            size = fixed.shape[2:]
+            if flow is not None:
+                flow = upsample_ddf(flow, size)
+                moving = self.warp(moving, flow)
+            parts = [fixed, moving]
+            if dec is not None:
+                mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+                parts.append(F.interpolate(dec, size=size, mode=mode, align_corners=False))
+            if extra_feats[lv] is not None:
+                parts.append(extra_feats[lv])
+            dec = self.blocks[lv](torch.cat(parts, dim=1))
+            head = self.heads[lv]
+            residual = head(dec)
+            if isinstance(head, SHMoE):
+                prior = None if flow is None else flow.detach()
+                records.append(
+                    {"level": lv, "gates": head.last_gates, "experts": head.last_expert_outputs, "prior_ddf": prior}
+                )
+            flow = self.composer(flow, residual)
+        self.moe_records = records[::-1]
+        return flow
+
+    def moe_layers(self) -> list[SHMoE]:
+        """The SHMoE heads, fine to coarse."""
+        return [self.heads[lv] for lv in self.moe_levels]

@@ -1,0 +1,166 @@
+"""SHMoAReg: dual weight-shared MoA-Swin encoders and an SHMoE warping-pyramid decoder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+from monai_moe_reg.networks.blocks.moa_attention import MoAWindowAttention
+from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
+from monai_moe_reg.networks.blocks.swin_encoder import SwinRegEncoder
+from monai_moe_reg.networks.utils import check_pair_input, crop_spatial, pad_to_multiple
+
+__all__ = ["SHMoAReg"]
+
+
+class SHMoAReg(nn.Module):
+    """SHMoAReg (Zheng et al., 2025): Mixture of Attention heads in a Swin encoder, SHMoE heads in the decoder.
+
+    Composition: one :class:`SwinRegEncoder` (TransMorph-small with MoA attention) applied to the moving and to the
+    fixed image (two weight-shared backbones), and a :class:`PyramidDecoder` whose residual heads at full and 1/2
+    resolution are :class:`SHMoE` layers. Defaults are the paper's (TransMorph-small backbone, experts with kernels
+    1/3/5, top-1 per voxel and direction, MoA with ``E = 2k`` head experts of which the stage's ``k = 4`` heads are
+    used per token).
+
+    Choices where the paper is silent (all arguments): window size = the coarsest token grid of ``img_size``
+    (TransMorph's rule, ``(4, 4, 4)`` for 128^3); decoder channels; straight-through SHMoE gates; the routing
+    classification targets (see :class:`~monai_moe_reg.losses.RoutingClassificationLoss`).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of *one* image (the input has ``2 * in_channels``: moving then fixed).
+        img_size: nominal training size, only used to derive ``window_size`` when that is ``None``.
+        window_size: Swin window; ``None`` = ``img_size // stride`` per axis (at least 2).
+        embed_dim, depths, num_heads, mlp_ratio: Swin backbone (TransMorph-small: 48, (2,2,4,2), (4,4,4,4), 4).
+        conv_channels: conv features at full and 1/2 resolution.
+        decoder_channels: decoder channels per level, fine to coarse (``len(depths) + 2`` entries);
+            default ``(16, 32, 32, 64, 64, 64, ...)``.
+        use_moa: MoA attention (``False``: MONAI's plain Swin attention, the "MoA off" ablation).
+        num_attention_experts: MoA head experts per block (default ``2 * heads``).
+        use_shmoe: SHMoE heads at ``moe_levels`` (``False``: plain conv heads, the "SHMoE off" ablation).
+        moe_kernel_sizes: SHMoE expert kernels.
+        moe_levels: decoder levels with SHMoE heads (0 = full resolution, 1 = 1/2).
+        moe_gate_mode: ``"straight_through"`` or ``"switch"``, see :class:`SHMoE`.
+        diffeomorphic: residuals are stationary velocities integrated with MONAI's ``DVF2DDF`` and composed
+            (SHMoAReg_diff).
+        integration_steps: scaling-and-squaring steps.
+        drop_path_rate: stochastic depth of the Swin blocks.
+        use_checkpoint: gradient checkpointing in the Swin blocks (less memory at 128^3 and above).
+
+    Shapes:
+        input ``(B, 2 * in_channels, *S)``: ``torch.cat([moving, fixed], 1)``; any ``S`` (padded to a multiple of
+        :attr:`stride` internally). Output: the DDF ``(B, spatial_dims, *S)`` in voxel units, channel ``i`` along
+        array axis ``i`` (MONAI ``Warp`` convention): ``Warp()(moving, ddf)`` is aligned with ``fixed``.
+        After a forward :attr:`routing` lists the SHMoE gate probabilities ``(B, spatial_dims, E, *s)`` per SHMoE
+        layer (fine to coarse), and :meth:`moa_losses` the MoA auxiliary losses.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        img_size: Sequence[int] | int = 128,
+        window_size: Sequence[int] | int | None = None,
+        embed_dim: int = 48,
+        depths: Sequence[int] = (2, 2, 4, 2),
+        num_heads: Sequence[int] = (4, 4, 4, 4),
+        mlp_ratio: float = 4.0,
+        conv_channels: Sequence[int] = (16, 24),
+        decoder_channels: Sequence[int] | None = None,
+        use_moa: bool = True,
+        num_attention_experts: int | None = None,
+        use_shmoe: bool = True,
+        moe_kernel_sizes: Sequence[int] = (1, 3, 5),
+        moe_levels: Sequence[int] = (0, 1),
+        moe_gate_mode: str = "straight_through",
+        diffeomorphic: bool = False,
+        integration_steps: int = 7,
+        drop_path_rate: float = 0.0,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.stride = 4 * 2 ** (len(depths) - 1)
+        if window_size is None:
+            window_size = tuple(max(2, math.ceil(s / self.stride)) for s in ensure_tuple_rep(img_size, spatial_dims))
+        self.window_size = ensure_tuple_rep(window_size, spatial_dims)
+        self.encoder = SwinRegEncoder(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=num_heads,
+            window_size=self.window_size,
+            mlp_ratio=mlp_ratio,
+            conv_channels=conv_channels,
+            use_moa=use_moa,
+            num_attention_experts=num_attention_experts,
+            drop_path_rate=drop_path_rate,
+            use_checkpoint=use_checkpoint,
+        )
+        n_levels = len(self.encoder.out_channels)
+        if decoder_channels is None:
+            decoder_channels = [16, 32, 32] + [64] * (n_levels - 3)
+        decoder_channels = list(decoder_channels)[:n_levels] if len(decoder_channels) >= n_levels else None
+        if decoder_channels is None:
+            raise ValueError(f"decoder_channels needs {n_levels} entries (levels 1, 1/2, ..., 1/{self.stride}).")
+        self.decoder = PyramidDecoder(
+            spatial_dims,
+            fixed_channels=self.encoder.out_channels,
+            channels=decoder_channels,
+            moe_levels=tuple(moe_levels) if use_shmoe else (),
+            moe_kernel_sizes=moe_kernel_sizes,
+            moe_gate_mode=moe_gate_mode,
+            diffeomorphic=diffeomorphic,
+            integration_steps=integration_steps,
+        )
+        self.use_moa = use_moa
+        self.use_shmoe = use_shmoe
+        self.diffeomorphic = diffeomorphic
+        self._input_size: tuple[int, ...] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_pair_input(x, self.spatial_dims, 2 * self.in_channels, type(self).__name__)
+        x, size = pad_to_multiple(x, self.stride)
+        self._input_size = size
+        moving, fixed = x[:, : self.in_channels], x[:, self.in_channels :]
+        feats = self.encoder(torch.cat([moving, fixed], dim=0))  # one pass through the shared backbone
+        moving_feats = [f[: x.shape[0]] for f in feats]
+        fixed_feats = [f[x.shape[0] :] for f in feats]
+        ddf = self.decoder(fixed_feats, moving_feats)
+        return crop_spatial(ddf, size)
+
+    def _level_size(self, level: int) -> tuple[int, ...]:
+        assert self._input_size is not None
+        return tuple(math.ceil(s / 2**level) for s in self._input_size)
+
+    @property
+    def routing(self) -> list[torch.Tensor]:
+        """SHMoE gate probabilities of the last forward, fine to coarse, each ``(B, spatial_dims, E, *s)``."""
+        return [crop_spatial(r["gates"], self._level_size(r["level"])) for r in self.decoder.moe_records]
+
+    @property
+    def expert_maps(self) -> list[torch.Tensor]:
+        """Selected expert index per voxel and direction of the last forward, each ``(B, spatial_dims, *s)``."""
+        return [
+            crop_spatial(layer.last_selection, self._level_size(lv))
+            for lv, layer in zip(self.decoder.moe_levels, self.decoder.moe_layers())
+        ]
+
+    def moa_losses(self) -> dict[str, torch.Tensor]:
+        """Mean MoA load-balance and router z-loss over all MoA blocks of the last forward (zeros if MoA is off)."""
+        mods = [m for m in self.encoder.modules() if isinstance(m, MoAWindowAttention) and m.balance_loss is not None]
+        if not mods:
+            zero = next(self.parameters()).new_zeros(())
+            return {"balance": zero, "z": zero}
+        return {
+            "balance": torch.stack([m.balance_loss for m in mods]).mean(),
+            "z": torch.stack([m.z_loss for m in mods]).mean(),
+        }

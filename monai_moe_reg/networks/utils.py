@@ -1,0 +1,60 @@
+"""Input checks and stride padding shared by the registration nets (``net(cat([moving, fixed], 1)) -> ddf``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["check_pair_input", "pad_to_multiple", "crop_spatial"]
+
+
+def check_pair_input(x: torch.Tensor, spatial_dims: int, channels: int = 2, name: str = "network") -> None:
+    """Raise a ``ValueError`` naming the problem unless ``x`` is a finite ``(B, channels, *S)`` tensor.
+
+    Args:
+        x: the network input, moving and fixed images concatenated on channels.
+        spatial_dims: expected number of spatial dimensions.
+        channels: expected channel count (2: one moving and one fixed channel).
+        name: the network's name for the message.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} expects a torch.Tensor shaped (B, {channels}, *spatial), got {type(x).__name__}.")
+    if x.ndim != spatial_dims + 2:
+        raise ValueError(
+            f"{name} expects a (B, {channels}, " + ", ".join("HWD"[:spatial_dims]) + f") tensor with {spatial_dims} "
+            f"spatial dims, got shape {tuple(x.shape)} ({x.ndim - 2} spatial dims)."
+        )
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{name} expects {channels} channels (moving and fixed concatenated: torch.cat([moving, fixed], dim=1)), "
+            f"got {x.shape[1]} channels in shape {tuple(x.shape)}."
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{name} expects a floating-point tensor, got dtype {x.dtype}; call .float() first.")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} input contains NaN or Inf values; clean or mask the images before registration.")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the end of every spatial axis up to a multiple of ``multiple``; returns ``(padded, original_size)``."""
+    spatial = tuple(x.shape[2:])
+    mult = [int(multiple)] * len(spatial) if isinstance(multiple, int) else [int(m) for m in multiple]
+    target = [math.ceil(s / m) * m for s, m in zip(spatial, mult)]
+    if list(spatial) == target:
+        return x, spatial
+    pad: list[int] = []
+    for s, t in reversed(list(zip(spatial, target))):
+        pad += [0, t - s]
+    return F.pad(x, pad), spatial
+
+
+def crop_spatial(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Keep the first ``size[i]`` voxels of every spatial axis of ``(B, C, *S)`` (or ``(B, C, E, *S)`` via trailing)."""
+    n = len(size)
+    index = (Ellipsis,) + tuple(slice(0, int(s)) for s in size)
+    if x.ndim < n:
+        raise ValueError(f"cannot crop a {x.ndim}-D tensor to {n} spatial dims.")
+    return x[index]
