@@ -1,0 +1,73 @@
+"""The full SHMoAReg training objective (paper Eq. 1 plus the MoA auxiliary losses)."""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+from monai.networks.blocks import Warp
+from torch import nn
+
+from monai_moe_reg.losses.routing_classification import RoutingClassificationLoss
+
+__all__ = ["SHMoARegLoss", "make_similarity"]
+
+SIMILARITIES = ("mse", "lncc")
+
+
+def make_similarity(name: str | nn.Module, spatial_dims: int = 3, lncc_kernel_size: int = 9) -> nn.Module:
+    """``"mse"`` (paper default), ``"lncc"`` (MONAI's local NCC) or any loss module ``(warped, fixed) -> scalar``."""
+    if isinstance(name, nn.Module):
+        return name
+    if name == "mse":
+        return nn.MSELoss()
+    if name == "lncc":
+        return LocalNormalizedCrossCorrelationLoss(spatial_dims=spatial_dims, kernel_size=lncc_kernel_size)
+    raise ValueError(f"similarity must be one of {SIMILARITIES} or an nn.Module, got {name!r}.")
+
+
+class SHMoARegLoss(nn.Module):
+    """``L_sim(I_w, I_f) + lambda_reg L_reg(phi) + lambda_rc L_rc(T, Y) + lambda_balance L_bal + lambda_z L_z``.
+
+    ``L_reg`` is MONAI's :class:`~monai.losses.DiffusionLoss` (mean squared spatial gradient of the DDF), ``L_rc``
+    the :class:`RoutingClassificationLoss`, and ``L_bal``/``L_z`` the MoA load-balance and router z-losses read from
+    the network after its forward. Paper weights: ``lambda_reg`` 0.01 (brain MR) / 0.1 (abdominal CT),
+    ``lambda_rc`` 0.001; MoA reference weights 0.01 and 0.001.
+
+    Args:
+        spatial_dims: 2 or 3.
+        similarity: ``"mse"``, ``"lncc"`` or a loss module.
+        lambda_reg: weight of the gradient regulariser.
+        lambda_rc: weight of the routing-classification loss.
+        lambda_balance: weight of the MoA load-balance loss.
+        lambda_z: weight of the MoA router z-loss.
+
+    ``forward(net, moving, fixed, ddf)`` returns a dict of scalar tensors ``loss`` (the total), ``sim``, ``reg``,
+    ``rc``, ``balance``, ``z``; ``net`` is the :class:`SHMoAReg` that produced ``ddf`` in its last forward.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        similarity: str | nn.Module = "mse",
+        lambda_reg: float = 0.01,
+        lambda_rc: float = 0.001,
+        lambda_balance: float = 0.01,
+        lambda_z: float = 0.001,
+    ) -> None:
+        super().__init__()
+        self.similarity = make_similarity(similarity, spatial_dims)
+        self.regulariser = DiffusionLoss()
+        self.rc = RoutingClassificationLoss()
+        self.warp = Warp(mode="bilinear", padding_mode="border")
+        self.weights = {"reg": lambda_reg, "rc": lambda_rc, "balance": lambda_balance, "z": lambda_z}
+
+    def forward(self, net: nn.Module, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor) -> dict:
+        warped = self.warp(moving, ddf)
+        terms = {"sim": self.similarity(warped, fixed), "reg": self.regulariser(ddf)}
+        records = getattr(getattr(net, "decoder", None), "moe_records", [])
+        terms["rc"] = self.rc(records, moving, fixed)
+        moa = net.moa_losses() if hasattr(net, "moa_losses") else {}
+        terms["balance"] = moa.get("balance", ddf.new_zeros(()))
+        terms["z"] = moa.get("z", ddf.new_zeros(()))
+        terms["loss"] = terms["sim"] + sum(self.weights[k] * terms[k] for k in self.weights)
+        return terms

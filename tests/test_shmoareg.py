@@ -1,0 +1,122 @@
+import pytest
+import torch
+from monai.networks.blocks import Warp
+
+from monai_moe_reg.data import synthetic_pair
+from monai_moe_reg.losses import SHMoARegLoss
+from monai_moe_reg.metrics import dice_per_label
+from monai_moe_reg.networks.blocks import MoAWindowAttention
+from monai_moe_reg.networks.nets import SHMoAReg
+
+from .conftest import tiny_shmoareg_kwargs
+
+
+def test_paper_defaults_build_and_run():
+    net = SHMoAReg()
+    assert net.stride == 32 and net.window_size == (4, 4, 4)
+    assert net.encoder.out_channels == [16, 24, 48, 96, 192, 384]
+    moa = [m for m in net.modules() if isinstance(m, MoAWindowAttention)]
+    assert len(moa) == 2 + 2 + 4 + 2 and all(m.num_experts == 8 and m.top_k == 4 for m in moa)
+    assert [lv for lv in net.decoder.moe_levels] == [0, 1]
+    with torch.no_grad():
+        ddf = net(torch.rand(1, 2, 32, 32, 32))
+    assert ddf.shape == (1, 3, 32, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "spatial_dims, size",
+    [(3, (16, 16, 16)), (3, (19, 24, 13)), (2, (32, 32)), (2, (21, 30))],
+)
+def test_forward_shapes_and_routing(spatial_dims, size):
+    net = SHMoAReg(spatial_dims=spatial_dims, **tiny_shmoareg_kwargs())
+    ddf = net(torch.rand(2, 2, *size))
+    assert ddf.shape == (2, spatial_dims, *size)
+    assert len(net.routing) == 2
+    full, half = net.routing
+    assert full.shape == (2, spatial_dims, 3, *size)
+    assert half.shape == (2, spatial_dims, 3, *[(s + 1) // 2 for s in size])
+    assert torch.allclose(full.sum(2), torch.ones(1))
+    assert net.expert_maps[0].shape == (2, spatial_dims, *size)
+
+
+def test_gradients_reach_every_expert_and_router():
+    net = SHMoAReg(**tiny_shmoareg_kwargs())
+    for layer in net.decoder.moe_layers():  # non-negligible experts so every path carries a signal
+        for expert in layer.experts:
+            torch.nn.init.normal_(expert.weight, 0, 0.05)
+    moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    ddf = net(torch.cat([moving, fixed], 1))
+    SHMoARegLoss()(net, moving, fixed, ddf)["loss"].backward()
+    for layer in net.decoder.moe_layers():
+        assert layer.router.weight.grad.abs().sum() > 0
+        for k, expert in zip(layer.kernel_sizes, layer.experts):
+            assert expert.weight.grad.abs().sum() > 0, f"SHMoE expert k={k} got no gradient"
+    for m in net.modules():
+        if isinstance(m, MoAWindowAttention):
+            assert m.router.weight.grad.abs().sum() > 0
+            assert m.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_ablation_flags():
+    plain = SHMoAReg(use_moa=False, use_shmoe=False, **tiny_shmoareg_kwargs())
+    assert not any(isinstance(m, MoAWindowAttention) for m in plain.modules())
+    ddf = plain(torch.rand(1, 2, 16, 16, 16))
+    assert ddf.shape == (1, 3, 16, 16, 16)
+    assert plain.routing == [] and plain.moa_losses()["balance"] == 0
+    moe_only = SHMoAReg(use_moa=False, **tiny_shmoareg_kwargs())
+    moe_only(torch.rand(1, 2, 16, 16, 16))
+    assert len(moe_only.routing) == 2
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.rand(1, 3, 16, 16, 16), "2 channels"),
+        (torch.rand(1, 1, 16, 16, 16), "2 channels"),
+        (torch.rand(1, 2, 16, 16), "3 spatial dims"),
+        (torch.rand(2, 16, 16, 16), "3 spatial dims"),
+        (torch.full((1, 2, 16, 16, 16), float("nan")), "NaN"),
+        (torch.full((1, 2, 16, 16, 16), float("inf")), "Inf"),
+        (torch.zeros(1, 2, 16, 16, 16, dtype=torch.long), "floating-point"),
+        ([torch.rand(1, 1, 16, 16, 16)] * 2, "torch.Tensor"),
+    ],
+)
+def test_bad_inputs(x, match):
+    net = SHMoAReg(**tiny_shmoareg_kwargs())
+    with pytest.raises(ValueError, match=match):
+        net(x)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="spatial_dims"):
+        SHMoAReg(spatial_dims=1)
+    with pytest.raises(ValueError, match="decoder_channels"):
+        SHMoAReg(**tiny_shmoareg_kwargs(decoder_channels=(8, 8)))
+    with pytest.raises(ValueError, match="moe_levels"):
+        SHMoAReg(**tiny_shmoareg_kwargs(moe_levels=(0, 7)))
+
+
+@pytest.mark.parametrize("diffeomorphic", [False, True])
+def test_overfits_a_synthetic_pair(diffeomorphic):
+    """A tiny net registers a pair with a known smooth deformation: the warped-image error falls by more than half."""
+    pair = synthetic_pair((32, 32, 32), max_disp=3.0, seed=1)
+    moving, fixed = pair["moving_image"][None], pair["fixed_image"][None]
+    net = SHMoAReg(diffeomorphic=diffeomorphic, **tiny_shmoareg_kwargs())
+    loss_fn = SHMoARegLoss(lambda_reg=0.01)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    warp = Warp()
+    before = ((moving - fixed) ** 2).mean().item()
+    for _ in range(40):
+        ddf = net(torch.cat([moving, fixed], 1))
+        loss = loss_fn(net, moving, fixed, ddf)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        ddf = net(torch.cat([moving, fixed], 1))
+    after = ((warp(moving, ddf) - fixed) ** 2).mean().item()
+    assert after < 0.5 * before, (before, after)
+    warped_label = Warp(mode="nearest", padding_mode="zeros")(pair["moving_label"][None].float(), ddf)
+    dice_before = dice_per_label(pair["moving_label"][None], pair["fixed_label"][None]).nanmean()
+    dice_after = dice_per_label(warped_label.long(), pair["fixed_label"][None]).nanmean()
+    assert dice_after > dice_before
