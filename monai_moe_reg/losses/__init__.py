@@ -1,4 +1,15 @@
+from monai_moe_reg.losses.llm_morph_loss import LLMMorphLoss, to_one_hot_labels
+from monai_moe_reg.losses.mind_ssc import MINDSSCLoss, mind_ssc
 from monai_moe_reg.losses.routing_classification import RoutingClassificationLoss, routing_targets
 from monai_moe_reg.losses.shmoareg_loss import SHMoARegLoss, make_similarity
 
-__all__ = ["RoutingClassificationLoss", "SHMoARegLoss", "make_similarity", "routing_targets"]
+__all__ = [
+    "LLMMorphLoss",
+    "MINDSSCLoss",
+    "RoutingClassificationLoss",
+    "SHMoARegLoss",
+    "make_similarity",
+    "mind_ssc",
+    "routing_targets",
+    "to_one_hot_labels",
+]

@@ -93,6 +93,12 @@ class LLMMorph(nn.Module):
             raise ValueError(f"leb_type must be one of {LEB_TYPES}, got {leb_type!r}.")
         if len(encoder_channels) != 5 or len(decoder_channels) != 5:
             raise ValueError("encoder_channels and decoder_channels need 5 entries (levels 1, 1/2, 1/4, 1/8, 1/16).")
+        min_c4 = 2 ** (4 * spatial_dims - 6)  # full-resolution adapter: C4 * 4**3 / 16**D channels
+        if adapter_channels < min_c4 or adapter_channels % min_c4:
+            raise ValueError(
+                f"adapter_channels (C4) must be a positive multiple of {min_c4} for spatial_dims={spatial_dims} so every "
+                f"pixel-shuffled adapter keeps >= 1 channel (paper: 256), got {adapter_channels}."
+            )
         if llm is None and leb_type == "llm" and num_lebs > 0:
             raise ValueError(
                 "LLMMorph(llm=None) needs an explicit ablation: leb_type='vit' (trainable ViT blocks) or num_lebs=0. "

@@ -1,0 +1,100 @@
+"""LLM-Morph's semi-supervised objective: Dice on warped labels + lambda * L2 gradient, optional image similarity."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss, DiffusionLoss, GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
+from monai.networks.blocks import Warp
+from torch import nn
+
+from monai_moe_reg.losses.mind_ssc import MINDSSCLoss
+
+__all__ = ["to_one_hot_labels", "LLMMorphLoss"]
+
+IMAGE_SIMILARITIES = ("mi", "mind", "lncc")
+
+
+def to_one_hot_labels(label: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+    """Float one-hot channels ``(B, C, *S)`` from an integer map ``(B, 1, *S)`` (needs ``num_classes``, background
+    included) or pass multi-channel binary maps ``(B, C, *S)`` through (e.g. the prostate data's 3 channels)."""
+    if label.shape[1] > 1:
+        return label.float()
+    if num_classes is None:
+        raise ValueError("integer label maps (B, 1, *S) need num_classes (background included) to be one-hot encoded.")
+    lab = label[:, 0].long()
+    if lab.min() < 0 or lab.max() >= num_classes:
+        raise ValueError(f"label values must lie in 0..{num_classes - 1}, got {int(lab.min())}..{int(lab.max())}.")
+    return F.one_hot(lab, num_classes).movedim(-1, 1).float()
+
+
+class LLMMorphLoss(nn.Module):
+    """``Dice(S_m o phi, S_f) + lambda_reg * L2grad(phi) [+ lambda_image * sim(I_m o phi, I_f)]``.
+
+    The labels are warped with linear interpolation of their one-hot channels (differentiable) and compared with
+    MONAI's :class:`DiceLoss` (background excluded). ``L2grad`` is MONAI's :class:`DiffusionLoss` (paper lambda 0.1).
+    For unsupervised multimodal training set ``image_similarity`` to ``"mi"`` (MONAI
+    :class:`GlobalMutualInformationLoss`), ``"mind"`` (:class:`MINDSSCLoss`) or ``"lncc"``, and ``lambda_label=0``
+    if no labels are used.
+
+    ``forward(ddf, moving_label=None, fixed_label=None, moving_image=None, fixed_image=None)`` returns a dict with
+    ``loss`` and the terms. With the half-resolution strategy the network already returns a full-size DDF, so
+    full-size labels are warped here.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        lambda_reg: float = 0.1,
+        lambda_label: float = 1.0,
+        image_similarity: str | None = None,
+        lambda_image: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if image_similarity not in (None,) + IMAGE_SIMILARITIES:
+            raise ValueError(f"image_similarity must be None or one of {IMAGE_SIMILARITIES}, got {image_similarity!r}.")
+        self.num_classes = num_classes
+        self.dice = DiceLoss(include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.regulariser = DiffusionLoss()
+        self.warp = Warp(mode="bilinear", padding_mode="zeros")
+        self.image_loss = {
+            None: None,
+            "mi": GlobalMutualInformationLoss(num_bins=32),
+            "mind": MINDSSCLoss(),
+            "lncc": LocalNormalizedCrossCorrelationLoss(kernel_size=9),
+        }[image_similarity]
+        self.lambda_reg, self.lambda_label, self.lambda_image = lambda_reg, lambda_label, lambda_image
+
+    def forward(
+        self,
+        ddf: torch.Tensor,
+        moving_label: torch.Tensor | None = None,
+        fixed_label: torch.Tensor | None = None,
+        moving_image: torch.Tensor | None = None,
+        fixed_image: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        ddf = ddf.float()
+        terms = {"reg": self.regulariser(ddf)}
+        total = self.lambda_reg * terms["reg"]
+        if self.lambda_label > 0:
+            if moving_label is None or fixed_label is None:
+                raise ValueError("the label Dice term needs moving_label and fixed_label (or set lambda_label=0).")
+            mov = to_one_hot_labels(moving_label, self.num_classes)
+            fix = to_one_hot_labels(fixed_label, self.num_classes)
+            if mov.shape[1] != fix.shape[1] or mov.shape[2:] != ddf.shape[2:]:
+                raise ValueError(
+                    f"labels must match each other in channels and the DDF in size: moving {tuple(mov.shape)}, "
+                    f"fixed {tuple(fix.shape)}, ddf {tuple(ddf.shape)}."
+                )
+            if moving_label.shape[1] > 1:  # multi-channel binary maps: every channel is foreground
+                mov = torch.cat([1 - mov.amax(1, keepdim=True), mov], 1)
+                fix = torch.cat([1 - fix.amax(1, keepdim=True), fix], 1)
+            terms["dice"] = self.dice(self.warp(mov, ddf), fix)
+            total = total + self.lambda_label * terms["dice"]
+        if self.image_loss is not None:
+            if moving_image is None or fixed_image is None:
+                raise ValueError("the image similarity term needs moving_image and fixed_image.")
+            terms["image"] = self.image_loss(self.warp(moving_image.float(), ddf), fixed_image.float())
+            total = total + self.lambda_image * terms["image"]
+        terms["loss"] = total
+        return terms
