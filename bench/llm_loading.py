@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from report import RESULTS, emit_table  # bench/report.py (scripts run as python bench/<name>.py)
+
 CHILD = r"""
 import json, sys, time
 import torch
@@ -90,7 +92,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--workdir", default="/tmp/monai_moe_reg_llm_bench")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "llm_loading.md"))
+    parser.add_argument("--out", default=str(RESULTS / "llm_loading.md"))
     args = parser.parse_args()
     folder = Path(args.workdir) / f"llama_{args.layers}x{args.hidden}"
     layer_bytes = write_checkpoint(folder, args.layers, args.hidden)
@@ -110,10 +112,7 @@ def main() -> None:
             f"| {name} | {r['seconds']:.2f} | {r['peak_bytes'] / mb:.1f} | {r['peak_bytes'] / two:.2f}x | "
             f"{r['loaded_bytes'] / mb:.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table + "\n")
+    emit_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+from report import RESULTS, emit_table  # bench/report.py (scripts run as python bench/<name>.py)
 
 import torch
 from monai.networks.nets import VoxelMorph
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--llm", default=None, help="LLM for LLM-Morph (default: SmolLM2 GGUF, fetched from PyPI)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed.md"))
+    parser.add_argument("--out", default=str(RESULTS / "speed.md"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,10 +88,7 @@ def main() -> None:
     for name, params, times in rows:
         cells = " | ".join(f"{times[s]:.3f} | {times[s] / base[s]:.2f}x" for s in args.sizes)
         lines.append(f"| {name} | {params:.2f} | {cells} |")
-    table = "\n".join(lines)
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table + "\n")
+    emit_table(lines, args.out)
 
 
 if __name__ == "__main__":
