@@ -1,3 +1,12 @@
+from monai_moe_reg.data.datalist import (
+    IMAGE_KEYS,
+    LABEL_KEYS,
+    PAIR_KEYS,
+    expand_subject_pairs,
+    load_pairs,
+    validate_pairs,
+)
+from monai_moe_reg.data.demo_dataset import DATALIST_NAME, ensure_datalist, write_demo_dataset
 from monai_moe_reg.data.synthetic import (
     blob_label_map,
     labels_to_image,
@@ -5,5 +14,23 @@ from monai_moe_reg.data.synthetic import (
     synthetic_pair,
     warp_image,
 )
+from monai_moe_reg.data.transforms import INTENSITY_MODES, intensity_transform, pair_transforms
 
-__all__ = ["blob_label_map", "labels_to_image", "random_smooth_ddf", "synthetic_pair", "warp_image"]
+__all__ = [
+    "DATALIST_NAME",
+    "IMAGE_KEYS",
+    "INTENSITY_MODES",
+    "LABEL_KEYS",
+    "PAIR_KEYS",
+    "blob_label_map",
+    "ensure_datalist",
+    "expand_subject_pairs",
+    "intensity_transform",
+    "labels_to_image",
+    "load_pairs",
+    "pair_transforms",
+    "random_smooth_ddf",
+    "synthetic_pair",
+    "validate_pairs",
+    "warp_image",
+]

@@ -98,3 +98,8 @@ class LLMMorphLoss(nn.Module):
             total = total + self.lambda_image * terms["image"]
         terms["loss"] = total
         return terms
+
+    def batch_loss(self, network: nn.Module, batch: dict, ddf: torch.Tensor) -> dict:
+        """The engines' interface: images and (optional) labels from the batch dict."""
+        get = lambda k: torch.as_tensor(batch[k]) if k in batch else None  # noqa: E731
+        return self(ddf, get("moving_label"), get("fixed_label"), get("moving_image"), get("fixed_image"))

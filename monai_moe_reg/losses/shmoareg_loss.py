@@ -71,3 +71,8 @@ class SHMoARegLoss(nn.Module):
         terms["z"] = moa.get("z", ddf.new_zeros(()))
         terms["loss"] = terms["sim"] + sum(self.weights[k] * terms[k] for k in self.weights)
         return terms
+
+    def batch_loss(self, network: nn.Module, batch: dict, ddf: torch.Tensor) -> dict:
+        """The engines' interface: ``batch`` holds ``moving_image``/``fixed_image``; ``network`` may be DDP-wrapped."""
+        net = getattr(network, "module", network)
+        return self(net, torch.as_tensor(batch["moving_image"]), torch.as_tensor(batch["fixed_image"]), ddf)

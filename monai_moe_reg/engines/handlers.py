@@ -1,0 +1,258 @@
+"""Ignite handlers for registration evaluation and inference: metric averages, per-pair CSV, result files."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+
+from monai_moe_reg.metrics.jacobian import jacobian_determinant
+from monai_moe_reg.metrics.registration import METRIC_NAMES
+
+__all__ = ["PairMetric", "PairMetricsSaver", "RegistrationWriter", "pair_names"]
+
+logger = logging.getLogger(__name__)
+
+
+def _stem(path: str) -> str:
+    name = Path(str(path)).name
+    for ext in (".nii.gz", ".nii", ".mha", ".nrrd", ".gz"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def pair_names(batch: dict) -> list[str]:
+    """``<moving>_to_<fixed>`` per pair from the images' ``filename_or_obj`` meta data (index if unknown)."""
+    names = []
+    fixed, moving = batch.get("fixed_image"), batch.get("moving_image")
+    n = fixed.shape[0] if isinstance(fixed, torch.Tensor) else 1
+    for b in range(n):
+        try:
+            f = fixed.meta["filename_or_obj"][b]
+            m = moving.meta["filename_or_obj"][b]
+            names.append(f"{_stem(m)}_to_{_stem(f)}")
+        except (AttributeError, KeyError, IndexError, TypeError):
+            names.append(f"pair{b}")
+    return names
+
+
+def _metric_rows(output) -> tuple[list]:
+    """The evaluator output's per-pair metric rows, as the 1-tuple Ignite metrics expect."""
+    rows = output.get("metrics") if isinstance(output, dict) else None
+    return (rows or [],)
+
+
+class PairMetric(Metric):
+    """Epoch mean of one per-pair metric from the evaluator's ``output["metrics"]`` (NaNs ignored), e.g.
+    ``PairMetric("dice")`` as the key validation metric. Distributed runs reduce sums and counts over ranks."""
+
+    def __init__(self, name: str, output_transform=None, device="cpu") -> None:
+        if name not in METRIC_NAMES:
+            raise ValueError(f"unknown registration metric {name!r}; choose from {METRIC_NAMES}.")
+        self.name = name
+        super().__init__(output_transform=output_transform or _metric_rows, device=device)
+
+    def reset(self) -> None:
+        self._sum, self._count = 0.0, 0
+
+    def update(self, output) -> None:
+        for row in output[0]:
+            value = row[self.name]
+            if not math.isnan(value):
+                self._sum += value
+                self._count += 1
+
+    def compute(self) -> float:
+        import ignite.distributed as idist
+
+        total = idist.all_reduce(torch.tensor([self._sum, float(self._count)], dtype=torch.float64))
+        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+class PairMetricsSaver:
+    """Writes ``<output_dir>/<filename>`` with one row of metrics per pair and ``<stem>_summary.csv`` with the mean
+    and std of each metric at the end of every evaluation epoch; also logs the summary."""
+
+    def __init__(self, output_dir: str | os.PathLike, filename: str = "metrics.csv") -> None:
+        self.output_dir = Path(output_dir)
+        self.filename = filename
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        metrics = engine.state.output.get("metrics") if isinstance(engine.state.output, dict) else None
+        if metrics:
+            for name, row in zip(pair_names(engine.state.batch), metrics):
+                self.rows.append({"pair": name, **row})
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        out = {}
+        for key in METRIC_NAMES:
+            values = np.array([r[key] for r in self.rows], dtype=float)
+            values = values[~np.isnan(values)]
+            out[key] = (float(values.mean()), float(values.std())) if values.size else (float("nan"), float("nan"))
+        return out
+
+    def _write(self, engine: Engine) -> None:
+        import ignite.distributed as idist
+
+        if not self.rows:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        rank = idist.get_rank()
+        suffix = f"_rank{rank}" if idist.get_world_size() > 1 else ""
+        path = self.output_dir / (Path(self.filename).stem + suffix + ".csv")
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["pair", *METRIC_NAMES])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        summary = self.summary()
+        with open(path.with_name(path.stem + "_summary.csv"), "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["metric", "mean", "std", "n_pairs"])
+            for key, (mean, std) in summary.items():
+                writer.writerow([key, f"{mean:.6f}", f"{std:.6f}", len(self.rows)])
+        logger.info(
+            "registration metrics over %d pairs: %s",
+            len(self.rows),
+            ", ".join(f"{k} {m:.4f} +- {s:.4f}" for k, (m, s) in summary.items()),
+        )
+
+
+class RegistrationWriter:
+    """Writes, for every pair, on the fixed image's grid and affine, into ``<output_dir>/<moving>_to_<fixed>/``:
+    ``warped_image.nii.gz``, ``warped_label.nii.gz`` (if labels), ``ddf.nii.gz`` (voxel units, last axis = array axis
+    of the displacement), ``ddf_itk.nii.gz`` (ITK displacement field in physical mm via MONAI's
+    ``monai_to_itk_ddf``, applicable by ITK/ANTs/Slicer), ``jacobian.nii.gz``, ``expert_map_{x,y,z}.nii.gz``
+    (SHMoAReg: the selected SHMoE expert per voxel and direction, paper Fig. 2) and ``overview.png`` (fixed, moving,
+    warped, deformed grid, expert map on the middle slice). Each pair's files are written into a temporary folder
+    that is renamed when complete, so a failure never leaves a half-written pair."""
+
+    def __init__(self, output_dir: str | os.PathLike, png: bool = True, itk_ddf: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.png = png
+        self.itk_ddf = itk_ddf
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        out = engine.state.output
+        for b, name in enumerate(pair_names(engine.state.batch)):
+            self.write_pair(name, out, b)
+
+    def write_pair(self, name: str, out: dict, b: int = 0) -> Path:
+        import nibabel as nib
+
+        fixed = out["fixed_image"][b]
+        affine = np.asarray(getattr(fixed, "affine", torch.eye(4)), dtype=np.float64)
+        final = self.output_dir / name
+        tmp = self.output_dir / f".{name}.part"
+        tmp.mkdir(parents=True, exist_ok=True)
+        ddf = out["pred"][b].detach().float().cpu()
+        arrays = {
+            "warped_image": out["warped_image"][b, 0],
+            "ddf": ddf.movedim(0, -1),
+            "jacobian": jacobian_determinant(ddf[None])[0],
+        }
+        if out.get("warped_label") is not None:
+            arrays["warped_label"] = out["warped_label"][b].round().to(torch.int16).movedim(0, -1).squeeze(-1)
+        maps = out.get("expert_maps")
+        if maps is not None:
+            for d, axis in zip(range(maps.shape[1]), "xyz"):
+                arrays[f"expert_map_{axis}"] = maps[b, d].to(torch.int16)
+        for key, arr in arrays.items():
+            arr = torch.as_tensor(arr).detach().cpu().numpy()
+            nib.save(nib.Nifti1Image(arr, affine), str(tmp / f"{key}.nii.gz"))
+        if self.itk_ddf:
+            self._write_itk_ddf(fixed, ddf, tmp / "ddf_itk.nii.gz")
+        if self.png:
+            self._write_png(out, b, tmp / "overview.png")
+        if final.exists():
+            import shutil
+
+            shutil.rmtree(final)
+        tmp.replace(final)
+        return final
+
+    @staticmethod
+    def _write_itk_ddf(fixed: torch.Tensor, ddf: torch.Tensor, path: Path) -> None:
+        import itk
+        from monai.data import MetaTensor
+        from monai.data.itk_torch_bridge import metatensor_to_itk_image, monai_to_itk_ddf
+
+        ref = fixed if isinstance(fixed, MetaTensor) else MetaTensor(fixed)
+        itk_ref = metatensor_to_itk_image(ref.detach().cpu().float(), channel_dim=0)
+        field = monai_to_itk_ddf(itk_ref, ddf.numpy().astype(np.float64))
+        itk.imwrite(field, str(path))
+
+    @staticmethod
+    def _write_png(out: dict, b: int, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from monai.networks.blocks import Warp
+
+        fixed = torch.as_tensor(out["fixed_image"][b, 0]).float().cpu()
+        moving = torch.as_tensor(out["moving_image"][b, 0]).float().cpu()
+        warped = torch.as_tensor(out["warped_image"][b, 0]).float().cpu()
+        ddf = out["pred"][b : b + 1].float().cpu()
+        dims = fixed.ndim
+        grid = torch.zeros_like(fixed)
+        step = max(4, min(fixed.shape) // 12)
+        for axis in range(dims):
+            index = [slice(None)] * dims
+            index[axis] = slice(0, None, step)
+            grid[tuple(index)] = 1.0
+        grid = Warp(mode="bilinear", padding_mode="zeros")(grid[None, None], ddf)[0, 0]
+
+        def mid(t: torch.Tensor):
+            return t[t.shape[0] // 2].numpy() if t.ndim == 3 else t.numpy()
+
+        panels = [("fixed", mid(fixed)), ("moving", mid(moving)), ("warped", mid(warped)), ("deformed grid", mid(grid))]
+        maps = out.get("expert_maps")
+        if maps is not None:
+            panels.append(("expert map (x)", mid(maps[b, 0].float().cpu())))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
+        for ax, (title, img) in zip(axes, panels):
+            ax.imshow(img.T, cmap="bwr" if title.startswith("expert") else "gray", origin="lower")
+            ax.set_title(title)
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+
+
+class ResumableCheckpointSaver:
+    """MONAI ``CheckpointSaver`` of ``network``, ``optimizer`` **and the trainer it is attached to** every
+    ``save_interval`` epochs (keeping ``n_saved``), so a killed run can resume with optimizer state and epoch
+    (:func:`monai_moe_reg.bundles.resume_from_latest`). A config cannot reference the trainer from its own handler
+    list, so the trainer is added to the save dict at ``attach`` time."""
+
+    def __init__(self, save_dir: str, network, optimizer, save_interval: int = 1, n_saved: int = 1) -> None:
+        self.save_dir, self.network, self.optimizer = save_dir, network, optimizer
+        self.save_interval, self.n_saved = save_interval, n_saved
+
+    def attach(self, engine: Engine) -> None:
+        from monai.handlers import CheckpointSaver
+
+        CheckpointSaver(
+            save_dir=self.save_dir,
+            save_dict={"network": self.network, "optimizer": self.optimizer, "trainer": engine},
+            file_prefix="checkpoint",
+            save_interval=self.save_interval,
+            n_saved=self.n_saved,
+        ).attach(engine)

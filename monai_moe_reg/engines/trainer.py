@@ -1,0 +1,70 @@
+"""Ignite trainer for registration networks (a MONAI ``SupervisedTrainer`` with a pair iteration)."""
+
+from __future__ import annotations
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from monai_moe_reg.engines.utils import autocast, pair_to_device
+
+__all__ = ["RegistrationTrainer"]
+
+
+class RegistrationTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` whose iteration registers pairs: ``ddf = inferer(cat([moving, fixed], 1), network)``.
+
+    ``loss_function`` must provide ``batch_loss(network, batch, ddf) -> dict`` with a ``"loss"`` entry (both
+    :class:`~monai_moe_reg.losses.SHMoARegLoss` and :class:`~monai_moe_reg.losses.LLMMorphLoss` do), so each
+    network trains with its paper's objective, which may read the network's internals (SHMoE routing, MoA losses)
+    or the labels. ``amp`` uses bf16 autocast on CPU and fp16 with a gradient scaler on CUDA. All of MONAI's
+    iteration events are fired (``MODEL_COMPLETED`` included), so handlers and post-processing run as usual.
+
+    Output per iteration: ``image`` (the network input), ``pred`` (the DDF), ``loss`` and every loss term as floats.
+    All other arguments are :class:`monai.engines.SupervisedTrainer`'s.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        amp = kwargs.pop("amp", False)
+        kwargs.setdefault("decollate", False)  # outputs stay batched dicts for the registration handlers
+        super().__init__(*args, amp=False, **kwargs)
+        self.use_amp = bool(amp)
+        cuda = torch.device(self.state.device).type == "cuda"
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp and cuda else None
+        if not hasattr(self.loss_function, "batch_loss"):
+            raise ValueError(
+                f"loss_function {type(self.loss_function).__name__} needs a batch_loss(network, batch, ddf) method "
+                "(use monai_moe_reg.losses.SHMoARegLoss or LLMMorphLoss)."
+            )
+
+    def _iteration(self, engine, batchdata: dict) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = pair_to_device(batchdata, engine.state.device, engine.non_blocking)
+        moving, fixed = batch["moving_image"], batch["fixed_image"]
+        x = torch.cat([moving, fixed], dim=1)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with autocast(engine.state.device, engine.use_amp):
+            ddf = engine.inferer(x, engine.network)
+            engine.state.output = {Keys.IMAGE: x, Keys.PRED: ddf}
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            terms = engine.loss_function.batch_loss(engine.network, batch, ddf.float())
+        loss = terms["loss"]
+        engine.state.output[Keys.LOSS] = loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.grad_scaler is not None:
+            engine.grad_scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.grad_scaler.step(engine.optimizer)
+            engine.grad_scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.state.output[Keys.PRED] = ddf.detach()
+        engine.state.output[Keys.LOSS] = loss.detach()
+        engine.state.output.update({k: float(v) for k, v in terms.items() if k != "loss"})
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,57 @@
+"""Shared pieces of the registration engines: batch handling, autocast, DDF prediction at a network size."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai_moe_reg.data.datalist import PAIR_KEYS
+from monai_moe_reg.networks.blocks.flow import upsample_ddf
+
+__all__ = ["pair_to_device", "autocast", "unwrap", "predict_ddf"]
+
+
+def pair_to_device(batch: dict, device: torch.device | str, non_blocking: bool = False) -> dict:
+    """The pair keys of a collated batch moved to ``device`` (other keys, e.g. file names, untouched)."""
+    out = dict(batch)
+    for key in PAIR_KEYS:
+        if key in batch and isinstance(batch[key], torch.Tensor):
+            out[key] = batch[key].to(device, non_blocking=non_blocking)
+    return out
+
+
+def autocast(device: torch.device | str, enabled: bool):
+    """bf16 autocast on CPU, fp16 on CUDA, or nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16 if dev == "cpu" else torch.float16)
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    return getattr(network, "module", network)
+
+
+def predict_ddf(
+    network: nn.Module,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    network_size: Sequence[int] | None = None,
+    inferer=None,
+) -> torch.Tensor:
+    """DDF ``(B, D, *S_fixed)`` in voxels of the fixed grid; with ``network_size`` the pair is resized to it
+    (linear), registered, and the DDF resized back with its vectors rescaled per axis."""
+    x = torch.cat([moving, fixed], dim=1).as_tensor() if hasattr(moving, "as_tensor") else torch.cat([moving, fixed], 1)
+    size = tuple(x.shape[2:])
+    if network_size is not None and tuple(network_size) != size:
+        mode = "trilinear" if x.ndim == 5 else "bilinear"
+        x = F.interpolate(x, size=tuple(network_size), mode=mode, align_corners=False)
+    ddf = inferer(x, network) if inferer is not None else network(x)
+    if tuple(ddf.shape[2:]) != size:
+        ddf = upsample_ddf(ddf.float(), size)
+    return ddf
