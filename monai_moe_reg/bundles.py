@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ignite.engine import Engine
 
-__all__ = ["locate", "latest_checkpoint", "resume_from_latest"]
+__all__ = ["locate", "latest_checkpoint", "require_file", "resume_from_latest"]
 
 BUNDLE_NAMES = ("shmoareg", "llm_morph")
 
@@ -43,4 +43,11 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
     if path is None:
         raise FileNotFoundError(f"resume=True but no checkpoint*.pt in '{ckpt_dir}'; train once without resume first.")
     CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location="cpu").attach(trainer)
+    return str(path)
+
+
+def require_file(path: str | os.PathLike, hint: str) -> str:
+    """``path`` if it exists, else a ``FileNotFoundError`` with ``hint`` (used before loading checkpoints)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"'{path}' does not exist: {hint}.")
     return str(path)

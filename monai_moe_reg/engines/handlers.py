@@ -213,7 +213,7 @@ class RegistrationWriter:
         dims = fixed.ndim
         grid = torch.zeros_like(fixed)
         step = max(4, min(fixed.shape) // 12)
-        for axis in range(dims):
+        for axis in range(dims - 2, dims):  # lines in the displayed plane only (slices are taken along axis 0)
             index = [slice(None)] * dims
             index[axis] = slice(0, None, step)
             grid[tuple(index)] = 1.0

@@ -195,7 +195,9 @@ def _read_gguf(path: Path, base, config_dict: dict, indices: Sequence[int], dtyp
         if result.name not in name_map:
             continue
         hf_name = "model." + name_map[result.name] if not name_map[result.name].startswith("model.") else name_map[result.name]
-        t = torch.from_numpy(np.ascontiguousarray(result.weights))
+        # always copy: unquantised (F32/F16) GGUF tensors are views of the read-only memory map, and parameters
+        # sharing it would crash on the first in-place write (e.g. loading a checkpoint)
+        t = torch.from_numpy(np.array(result.weights, copy=True, order="C"))
         tensors[hf_name] = t.to(dtype) if dtype is not None else t
     return tensors
 
