@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ignite.engine import Engine
 
-__all__ = ["locate", "latest_checkpoint", "require_file", "resume_from_latest"]
+__all__ = ["locate", "latest_checkpoint", "require_path", "resume_from_latest"]
 
 BUNDLE_NAMES = ("shmoareg", "llm_morph")
 
@@ -46,8 +46,9 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
     return str(path)
 
 
-def require_file(path: str | os.PathLike, hint: str) -> str:
-    """``path`` if it exists, else a ``FileNotFoundError`` with ``hint`` (used before loading checkpoints)."""
-    if not Path(path).is_file():
+def require_path(path: str | os.PathLike, hint: str) -> str:
+    """``path`` (a file or folder) if it exists, else a ``FileNotFoundError`` with ``hint`` (used before loading
+    checkpoints and LLMs, so a missing one fails before anything is built)."""
+    if not Path(path).exists():
         raise FileNotFoundError(f"'{path}' does not exist: {hint}.")
     return str(path)

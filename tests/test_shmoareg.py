@@ -120,3 +120,8 @@ def test_overfits_a_synthetic_pair(diffeomorphic):
     dice_before = dice_per_label(pair["moving_label"][None], pair["fixed_label"][None]).nanmean()
     dice_after = dice_per_label(warped_label.long(), pair["fixed_label"][None]).nanmean()
     assert dice_after > dice_before
+
+
+def test_routing_is_empty_before_the_first_forward():
+    net = SHMoAReg(**tiny_shmoareg_kwargs())
+    assert net.routing == [] and net.expert_maps == [] and hasattr(net, "expert_maps")

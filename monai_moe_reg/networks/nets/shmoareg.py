@@ -138,17 +138,22 @@ class SHMoAReg(nn.Module):
         return crop_spatial(ddf, size)
 
     def _level_size(self, level: int) -> tuple[int, ...]:
-        assert self._input_size is not None
         return tuple(math.ceil(s / 2**level) for s in self._input_size)
 
     @property
     def routing(self) -> list[torch.Tensor]:
-        """SHMoE gate probabilities of the last forward, fine to coarse, each ``(B, spatial_dims, E, *s)``."""
+        """SHMoE gate probabilities of the last forward, fine to coarse, each ``(B, spatial_dims, E, *s)``; empty before
+        the first forward."""
+        if self._input_size is None:
+            return []
         return [crop_spatial(r["gates"], self._level_size(r["level"])) for r in self.decoder.moe_records]
 
     @property
     def expert_maps(self) -> list[torch.Tensor]:
-        """Selected expert index per voxel and direction of the last forward, each ``(B, spatial_dims, *s)``."""
+        """Selected expert index per voxel and direction of the last forward, each ``(B, spatial_dims, *s)``; empty
+        before the first forward."""
+        if self._input_size is None:
+            return []
         return [
             crop_spatial(layer.last_selection, self._level_size(lv))
             for lv, layer in zip(self.decoder.moe_levels, self.decoder.moe_layers())

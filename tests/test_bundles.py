@@ -1,0 +1,220 @@
+"""Drive both bundles like the Model Zoo's unit tests: ConfigWorkflow with overrides for a tiny run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+
+from .llm_fixtures import write_sharded_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ("shmoareg", "llm_morph")
+REQUIRED_META = (
+    "schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+    "description", "authors", "copyright", "network_data_format", "changelog",
+)
+TENSOR_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
+ZOO_FILES = (
+    "LICENSE", "configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json",
+    "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundle_llm") / "tiny_llama"
+    write_sharded_llama(folder, num_layers=8)
+    return folder
+
+
+def tiny_overrides(bundle: str, work: Path, tiny_llm: Path) -> dict:
+    common = {
+        "bundle_root": str(ROOT / "bundles" / bundle),
+        "dataset_dir": str(work / "data"),
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "eval"),
+        "demo_size": 32,
+    }
+    if bundle == "shmoareg":
+        net = {"network_def#depths": [1, 1], "network_def#num_heads": [2, 2], "network_def#embed_dim": 12,
+               "network_def#conv_channels": [8, 8], "network_def#decoder_channels": [8, 8, 16, 16]}
+    else:
+        net = {"llm": str(tiny_llm), "llm_layers": [2, 5], "network_def#lora_rank": 4,
+               "network_def#encoder_channels": [8, 8, 16, 16, 16], "network_def#decoder_channels": [8, 8, 16, 16, 16],
+               "network_def#adapter_channels": 64}
+    return {**common, **net}
+
+
+def workflow(bundle: str, config, workflow_type: str, **override) -> ConfigWorkflow:
+    configs = [str(ROOT / "bundles" / bundle / "configs" / c) for c in ([config] if isinstance(config, str) else config)]
+    meta = str(ROOT / "bundles" / bundle / "configs" / "metadata.json")
+    return ConfigWorkflow(config_file=configs if len(configs) > 1 else configs[0], meta_file=meta,
+                          workflow_type=workflow_type, **override)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_layout_and_metadata(bundle):
+    root = ROOT / "bundles" / bundle
+    for f in ZOO_FILES:
+        assert (root / f).is_file(), f"{bundle} lacks {f}"
+    tracked = subprocess.run(["git", "ls-files", str(root)], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    if tracked:  # in a git checkout: no weights in git, no file over the zoo's 25 MB
+        assert not [f for f in tracked if f.endswith((".pt", ".ts", ".pth", ".safetensors", ".gguf"))]
+        assert all((ROOT / f).stat().st_size < 25 * 2**20 for f in tracked)
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    for key in REQUIRED_META:
+        assert key in meta, f"metadata.json lacks {key}"
+    assert meta["version"] in meta["changelog"]
+    for section in ("inputs", "outputs"):
+        for name, tensor in meta["network_data_format"][section].items():
+            for field in TENSOR_FIELDS:
+                assert field in tensor, f"{section}.{name} lacks {field}"
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 2
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_check_properties(bundle, tmp_path, tiny_llm):
+    ov = tiny_overrides(bundle, tmp_path, tiny_llm)
+    (tmp_path / "placeholder.pt").touch()  # inference's initialize checks that the checkpoint exists
+    for config, kind in (("train.json", "train"), ("inference.json", "infer")):
+        extra = {"checkpoint": str(tmp_path / "placeholder.pt")} if kind == "infer" else {}
+        wf = workflow(bundle, config, kind, **ov, **extra)
+        wf.initialize()
+        assert not wf.check_properties(), f"{config}: missing properties {wf.check_properties()}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_train_resume_evaluate_infer(bundle, tmp_path, tiny_llm):
+    ov = tiny_overrides(bundle, tmp_path, tiny_llm)
+    train = workflow(bundle, "train.json", "train", max_epochs=1, val_interval=1, **ov)
+    train.initialize()
+    train.run()
+    train.finalize()
+    models = tmp_path / "models"
+    assert (models / "model.pt").is_file() and list(models.glob("checkpoint*.pt"))
+    val_csv = (tmp_path / "eval" / "val_metrics.csv").read_text().splitlines()
+    assert val_csv[0] == "pair,dice,hd95_mm,assd_mm,folding_percent,sdlogj" and len(val_csv) == 3
+
+    # a run "killed" after epoch 1 resumes at epoch 2 with the saved optimizer state and epoch
+    resumed = workflow(bundle, "train.json", "train", max_epochs=2, val_interval=1, resume=True, **ov)
+    resumed.initialize()
+    epochs = []
+    resumed.trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs.append(e.state.epoch))
+    resumed.run()
+    resumed.finalize()
+    assert epochs == [2]
+
+    evaluate = workflow(bundle, ["train.json", "evaluate.json"], "eval", **ov)
+    evaluate.initialize()
+    evaluate.run()
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and (tmp_path / "eval" / "metrics_summary.csv").is_file()
+
+    infer = workflow(bundle, "inference.json", "infer", **{**ov, "output_dir": str(tmp_path / "inference")})
+    infer.initialize()
+    infer.run()
+    datalist = json.loads((tmp_path / "data" / "datalist.json").read_text())
+    entry = datalist["testing"][0]
+    fixed = nib.load(str(tmp_path / "data" / entry["fixed_image"]))
+    name = Path(entry["moving_image"]).name.replace(".nii.gz", "") + "_to_" + Path(entry["fixed_image"]).name.replace(
+        ".nii.gz", ""
+    )
+    out = tmp_path / "inference" / name
+    expected = {"warped_image", "warped_label", "ddf", "ddf_itk", "jacobian"}
+    if bundle == "shmoareg":
+        expected |= {"expert_map_x", "expert_map_y", "expert_map_z"}
+    assert {p.name.replace(".nii.gz", "") for p in out.glob("*.nii.gz")} == expected
+    assert (out / "overview.png").stat().st_size > 1000
+    for key in ("warped_image", "warped_label", "jacobian"):
+        img = nib.load(str(out / f"{key}.nii.gz"))
+        assert img.shape == fixed.shape and np.allclose(img.affine, fixed.affine), key
+    assert nib.load(str(out / "ddf.nii.gz")).shape == (*fixed.shape, 3)
+    assert not list((tmp_path / "inference").glob(".*.part"))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_verify_net_in_out_and_traced_export(bundle, tmp_path, tiny_llm):
+    ov = tiny_overrides(bundle, tmp_path, tiny_llm)
+    configs = str(ROOT / "bundles" / bundle / "configs" / "inference.json")
+    meta = str(ROOT / "bundles" / bundle / "configs" / "metadata.json")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=configs, n=1, device="cpu", **ov)
+
+    wf = workflow(bundle, "inference.json", "infer", **ov)
+    net = wf.parser.get_parsed_content("network_def").eval()
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(ckpt), meta_file=meta, config_file=configs,
+                use_trace=True, input_shape=[1, 2, 32, 32, 32], **ov)
+    traced = torch.jit.load(str(ts))
+    x = torch.rand(1, 2, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), net(x), atol=1e-4)
+
+
+def _write(path: Path, shape, affine=np.eye(4)) -> str:
+    nib.save(nib.Nifti1Image(np.random.rand(*shape).astype(np.float32), affine), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["missing", "dims", "label_shape"])
+def test_bad_datalists_fail_before_training(case, tmp_path, tiny_llm):
+    data = tmp_path / "data"
+    data.mkdir()
+    entry = {"moving_image": _write(data / "m.nii.gz", (32, 32, 32)), "fixed_image": _write(data / "f.nii.gz", (32, 32, 32))}
+    if case == "missing":
+        entry["moving_image"] = str(data / "nowhere.nii.gz")
+        error, match = FileNotFoundError, r"training\[0\].*nowhere.nii.gz"
+    elif case == "dims":
+        entry["fixed_image"] = _write(data / "f2d.nii.gz", (32, 32))
+        error, match = ValueError, r"training\[0\].*3-D.*2-D"
+    else:
+        entry["moving_label"] = _write(data / "ml.nii.gz", (32, 32, 30))
+        entry["fixed_label"] = _write(data / "fl.nii.gz", (32, 32, 32))
+        error, match = ValueError, r"training\[0\].*moving_label shape"
+    (data / "datalist.json").write_text(json.dumps({"training": [entry], "validation": [entry]}))
+    ov = tiny_overrides("shmoareg", tmp_path, tiny_llm)
+    wf = workflow("shmoareg", "train.json", "train", max_epochs=1, **ov)
+    started = []
+    with pytest.raises(Exception) as info:  # raised while the workflow builds its datasets, before any epoch
+        wf.initialize()
+        wf.trainer.add_event_handler(Events.STARTED, lambda e: started.append(1))
+        wf.run()
+    cause = info.value
+    while cause is not None and not isinstance(cause, error):
+        cause = cause.__cause__ or cause.__context__
+    assert cause is not None and __import__("re").search(match, str(cause)), str(info.value)
+    assert not started
+
+
+def test_llm_morph_bundle_without_smollm2_names_the_fetch_command(tmp_path, tiny_llm):
+    ov = tiny_overrides("llm_morph", tmp_path, tiny_llm)
+    ov["llm"] = str(tmp_path / "missing" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    wf = workflow("llm_morph", "train.json", "train", **ov)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    assert "python -m monai_moe_reg.llm.fetch" in str(info.value) + str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_multi_gpu_config_with_two_cpu_processes(bundle, tmp_path, tiny_llm):
+    ov = tiny_overrides(bundle, tmp_path, tiny_llm)
+    configs = [str(ROOT / "bundles" / bundle / "configs" / c) for c in ("train.json", "multi_gpu_train.json")]
+    args = []
+    for k, v in {**ov, "max_epochs": 1, "val_interval": 1}.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
+           "monai.bundle", "run", "--config_file", json.dumps(configs), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
