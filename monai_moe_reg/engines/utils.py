@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from torch import nn
 
 from monai_moe_reg.data.datalist import PAIR_KEYS
@@ -46,7 +47,8 @@ def predict_ddf(
 ) -> torch.Tensor:
     """DDF ``(B, D, *S_fixed)`` in voxels of the fixed grid; with ``network_size`` the pair is resized to it
     (linear), registered, and the DDF resized back with its vectors rescaled per axis."""
-    x = torch.cat([moving, fixed], dim=1).as_tensor() if hasattr(moving, "as_tensor") else torch.cat([moving, fixed], 1)
+    x = torch.cat([moving, fixed], dim=1)
+    x = x.as_tensor() if isinstance(x, MetaTensor) else x  # plain tensor: no meta-data tracking inside the network
     size = tuple(x.shape[2:])
     if network_size is not None and tuple(network_size) != size:
         mode = "trilinear" if x.ndim == 5 else "bilinear"
