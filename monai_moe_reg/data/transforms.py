@@ -33,10 +33,11 @@ def pair_transforms(
     fixed_intensity: str = "minmax",
     orientation: str | None = "RAS",
     resample_moving_to_fixed: bool = True,
+    pixdim: Sequence[float] | None = None,
 ) -> mt.Compose:
-    """Load a pair, put channels first, orient it, resample the moving image (and label, nearest) onto the fixed
-    grid, scale intensities, and optionally resize everything to ``spatial_size`` (the network's training size;
-    labels nearest). Label keys are optional.
+    """Load a pair, put channels first, orient it, optionally resample the fixed image (and label) to ``pixdim`` mm,
+    resample the moving image (and label, nearest) onto the fixed grid, scale intensities, and optionally resize
+    everything to ``spatial_size`` (the network's training size; labels nearest). Label keys are optional.
 
     For inference the bundles keep ``orientation=None`` and ``spatial_size=None`` so that outputs stay on the fixed
     image's own grid and affine.
@@ -48,6 +49,11 @@ def pair_transforms(
     ]
     if orientation:
         steps.append(mt.Orientationd(list(PAIR_KEYS), axcodes=orientation, allow_missing_keys=True))
+    if pixdim is not None:
+        steps += [
+            mt.Spacingd("fixed_image", pixdim=tuple(pixdim), mode="bilinear"),
+            mt.Spacingd("fixed_label", pixdim=tuple(pixdim), mode="nearest", allow_missing_keys=True),
+        ]
     if resample_moving_to_fixed:
         steps += [
             mt.ResampleToMatchd("moving_image", key_dst="fixed_image", mode="bilinear", padding_mode="zeros"),

@@ -1,0 +1,88 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_moe_reg.data import (
+    ensure_datalist,
+    expand_subject_pairs,
+    load_pairs,
+    pair_transforms,
+    synthetic_pair,
+)
+
+
+def test_expand_subject_pairs():
+    subjects = [{"image": f"s{i}.nii.gz", "label": f"l{i}.nii.gz"} for i in range(4)]
+    pairs = expand_subject_pairs(subjects, "all")
+    assert len(pairs) == 4 * 3  # the papers' N x (N - 1) ordered pairs
+    assert all(p["moving_image"] != p["fixed_image"] for p in pairs)
+    assert len({(p["moving_image"], p["fixed_image"]) for p in pairs}) == 12
+    atlas = expand_subject_pairs(subjects, "atlas", {"image": "atlas.nii.gz", "label": "atlas_seg.nii.gz"})
+    assert len(atlas) == 4 and all(p["moving_image"] == "atlas.nii.gz" for p in atlas)
+    unlabelled = expand_subject_pairs([{"image": "a"}, {"image": "b"}], "all")
+    assert "moving_label" not in unlabelled[0]
+    with pytest.raises(ValueError, match="pairing"):
+        expand_subject_pairs(subjects, "random")
+    with pytest.raises(ValueError, match="atlas"):
+        expand_subject_pairs(subjects, "atlas")
+
+
+def test_load_pairs_from_subject_lists_with_relative_paths(tmp_path):
+    for i in range(3):
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(tmp_path / f"s{i}.nii.gz"))
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": {"subjects": [{"image": f"s{i}.nii.gz"} for i in range(3)]}}))
+    pairs = load_pairs(tmp_path / "datalist.json", "training")
+    assert len(pairs) == 6 and all(p["fixed_image"].startswith(str(tmp_path)) for p in pairs)
+    with pytest.raises(KeyError, match="validation"):
+        load_pairs(tmp_path / "datalist.json", "validation")
+    with pytest.raises(FileNotFoundError, match="datalist"):
+        load_pairs(tmp_path / "missing.json", "training")
+
+
+def test_not_an_image_is_named(tmp_path):
+    (tmp_path / "notes.nii.gz").write_text("not an image")
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(good))
+    (tmp_path / "d.json").write_text(json.dumps({"training": [{"moving_image": "notes.nii.gz", "fixed_image": "good.nii.gz"}]}))
+    with pytest.raises(ValueError, match=r"training\[0\].*notes.nii.gz.*not an image"):
+        load_pairs(tmp_path / "d.json", "training")
+
+
+def test_demo_dataset_is_written_once_and_deterministic(tmp_path):
+    path = ensure_datalist(tmp_path / "a", size=16, num_training=2, num_validation=1, num_testing=1)
+    data = json.loads(open(path).read())
+    assert [len(data[k]) for k in ("training", "validation", "testing")] == [2, 1, 1]
+    first = nib.load(str(tmp_path / "a" / data["training"][0]["moving_image"]))
+    assert first.shape == (16, 16, 16) and np.allclose(np.diag(first.affine)[:3], 2.0)
+    again = ensure_datalist(tmp_path / "b", size=16, num_training=2, num_validation=1, num_testing=1)
+    second = nib.load(str(tmp_path / "b" / data["training"][0]["moving_image"]))
+    assert np.array_equal(first.get_fdata(), second.get_fdata())
+    (tmp_path / "a" / "datalist.json").write_text(json.dumps({"training": []}))
+    assert ensure_datalist(tmp_path / "a") == path  # an existing datalist (the user's data) is never overwritten
+    assert json.loads(open(path).read()) == {"training": []}
+    with pytest.raises(ValueError, match="demo"):
+        ensure_datalist(tmp_path / "c", demo="ct")
+
+
+def test_multimodal_pairs_share_labels_but_not_intensities():
+    pair = synthetic_pair((16, 16, 16), multimodal=True, seed=5)
+    mono = synthetic_pair((16, 16, 16), multimodal=False, seed=5)
+    assert torch.equal(pair["moving_label"], mono["moving_label"])
+    assert not torch.allclose(pair["moving_image"], mono["moving_image"])
+
+
+def test_pair_transforms_intensities_and_spacing(tmp_path):
+    ct = np.linspace(-1000, 1000, 8 * 8 * 8, dtype=np.float32).reshape(8, 8, 8)
+    nib.save(nib.Nifti1Image(ct, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(np.abs(ct), np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "mr.nii.gz"))
+    entry = {"moving_image": str(tmp_path / "mr.nii.gz"), "fixed_image": str(tmp_path / "ct.nii.gz")}
+    out = pair_transforms(moving_intensity="mr", fixed_intensity="ct", pixdim=(4.0, 4.0, 4.0))(entry)
+    fixed, moving = out["fixed_image"], out["moving_image"]
+    assert fixed.shape[1:] == (4, 4, 4) and moving.shape == fixed.shape  # moving resampled onto the fixed grid
+    assert float(fixed.min()) >= 0.0 and float(fixed.max()) <= 1.0
+    assert float(moving.max()) <= 1.0
+    with pytest.raises(ValueError, match="intensity"):
+        pair_transforms(moving_intensity="zscore")
