@@ -134,8 +134,8 @@ class PairMetricsSaver:
 class RegistrationWriter:
     """Writes, for every pair, on the fixed image's grid and affine, into ``<output_dir>/<moving>_to_<fixed>/``:
     ``warped_image.nii.gz``, ``warped_label.nii.gz`` (if labels), ``ddf.nii.gz`` (voxel units, last axis = array axis
-    of the displacement), ``ddf_itk.nii.gz`` (ITK displacement field in physical mm via MONAI's
-    ``monai_to_itk_ddf``, applicable by ITK/ANTs/Slicer), ``jacobian.nii.gz``, ``expert_map_{x,y,z}.nii.gz``
+    of the displacement), ``ddf_itk.nii.gz`` (ITK displacement field in physical mm, LPS, applicable by
+    ITK/ANTs/Slicer; see :mod:`monai_moe_reg.data.displacement_io`), ``jacobian.nii.gz``, ``expert_map_{x,y,z}.nii.gz``
     (SHMoAReg: the selected SHMoE expert per voxel and direction, paper Fig. 2) and ``overview.png`` (fixed, moving,
     warped, deformed grid, expert map on the middle slice). Each pair's files are written into a temporary folder
     that is renamed when complete, so a failure never leaves a half-written pair."""
@@ -189,14 +189,9 @@ class RegistrationWriter:
 
     @staticmethod
     def _write_itk_ddf(fixed: torch.Tensor, ddf: torch.Tensor, path: Path) -> None:
-        import itk
-        from monai.data import MetaTensor
-        from monai.data.itk_torch_bridge import metatensor_to_itk_image, monai_to_itk_ddf
+        from monai_moe_reg.data.displacement_io import write_itk_displacement_field
 
-        ref = fixed if isinstance(fixed, MetaTensor) else MetaTensor(fixed)
-        itk_ref = metatensor_to_itk_image(ref.detach().cpu().float(), channel_dim=0)
-        field = monai_to_itk_ddf(itk_ref, ddf.numpy().astype(np.float64))
-        itk.imwrite(field, str(path))
+        write_itk_displacement_field(ddf, np.asarray(getattr(fixed, "affine", torch.eye(ddf.shape[0] + 1))), path)
 
     @staticmethod
     def _write_png(out: dict, b: int, path: Path) -> None:
