@@ -153,7 +153,9 @@ class RegistrationWriter:
         for b, name in enumerate(pair_names(engine.state.batch)):
             self.write_pair(name, out, b)
 
-    def write_pair(self, name: str, out: dict, b: int = 0) -> Path:
+    def write_pair(self, name: str, out: dict, b: int = 0, extra_files: dict[str, str] | None = None) -> Path:
+        """Write pair ``b`` of ``out`` (the evaluator's output layout) to ``<output_dir>/<name>/``; ``extra_files``
+        maps file names to text written in the same folder (e.g. a metrics JSON) before it is published."""
         import nibabel as nib
 
         fixed = out["fixed_image"][b]
@@ -180,6 +182,8 @@ class RegistrationWriter:
             self._write_itk_ddf(fixed, ddf, tmp / "ddf_itk.nii.gz")
         if self.png:
             self._write_png(out, b, tmp / "overview.png")
+        for fname, text in (extra_files or {}).items():
+            (tmp / fname).write_text(text)
         if final.exists():
             import shutil
 

