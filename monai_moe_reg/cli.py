@@ -27,13 +27,24 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _bundle_root(bundle: str | os.PathLike) -> Path:
+    """The bundle folder: ``bundle`` itself, or for a bundle name (``shmoareg``, ``bundles/llm_morph``) the folder
+    :func:`monai_moe_reg.bundles.locate` finds (repository root, bundle folder, or beside the package)."""
+    from monai_moe_reg.bundles import BUNDLE_NAMES, locate
+
+    root = Path(bundle)
+    if (root / "configs" / "inference.json").is_file():
+        return root
+    if root.name in BUNDLE_NAMES:
+        return Path(locate(root.name))
+    raise FileNotFoundError(f"'{root}' is not a bundle folder (no configs/inference.json); e.g. --bundle bundles/shmoareg")
+
+
 def _bundle_config(bundle: str | os.PathLike):
     from monai.bundle import ConfigParser
 
-    root = Path(bundle)
+    root = _bundle_root(bundle)
     cfg = root / "configs" / "inference.json"
-    if not cfg.is_file():
-        raise FileNotFoundError(f"'{root}' is not a bundle folder (no configs/inference.json); e.g. --bundle bundles/shmoareg")
     parser = ConfigParser()
     parser.read_config(str(cfg))
     parser["bundle_root"] = str(root.resolve())
@@ -62,7 +73,7 @@ def load_bundle_network(
             raise ValueError("--random-init needs --instance-opt N > 0 (an untrained network cannot register).")
         _say(f"network: {type(net).__name__}, random initialisation (as asked)")
         return net.to(device), parser
-    path = Path(checkpoint) if checkpoint else Path(bundle) / "models" / "model.pt"
+    path = Path(checkpoint) if checkpoint else _bundle_root(bundle) / "models" / "model.pt"
     if path.is_file():
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and isinstance(state.get("network"), dict):
@@ -118,18 +129,21 @@ def _describe(img) -> str:
 
 
 def _instance_optimise(net, moving, fixed, loss_fn, steps: int, lr: float, network_size=None):
-    """Fine-tune a copy of ``net`` on this one pair for ``steps`` Adam steps of its unsupervised loss."""
+    """Fine-tune a copy of ``net`` on this one pair for ``steps`` Adam steps of its unsupervised loss. With
+    ``network_size`` the pair is resized to it once and the loss is computed there (not at full resolution)."""
+    import torch.nn.functional as F
     from tqdm import tqdm
 
-    from monai_moe_reg.engines.utils import predict_ddf
-
+    if network_size:
+        mode = "trilinear" if moving.ndim == 5 else "bilinear"
+        moving, fixed = (F.interpolate(t, size=tuple(network_size), mode=mode, align_corners=False) for t in (moving, fixed))
     net = copy.deepcopy(net)
     net.train()
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     batch = {"moving_image": moving, "fixed_image": fixed}
     bar = tqdm(range(steps), desc="instance optimisation", file=sys.stdout)
     for _ in bar:
-        ddf = predict_ddf(net, moving, fixed, network_size)
+        ddf = net(torch.cat([moving, fixed], dim=1))
         terms = loss_fn.batch_loss(net, batch, ddf)
         opt.zero_grad()
         terms["loss"].backward()
@@ -157,9 +171,10 @@ def register_pair(
     fixed_label: str | None = None,
     moving_label: str | None = None,
     instance_opt: int = 0,
-    lr: float = 1e-3,
+    lr: float = 3e-4,
     device: str = "cpu",
     verbose: bool = True,
+    network_size=None,
 ) -> tuple[dict, dict]:
     """Register one pair of files with a bundle network. Returns the evaluator-style output dict (batch of one) and
     the metrics (Dice/HD95/ASSD in mm when labels are given, %|J|<=0, SD log J, and the unregistered Dice)."""
@@ -193,7 +208,9 @@ def register_pair(
         if "moving" in labels:
             labels["moving"] = ResampleToMatch(mode="nearest")(labels["moving"], fix)
         say("moving image resampled onto the fixed image's grid (size, spacing and orientation of the fixed image)")
-    network_size = parser["network_size"] if "network_size" in parser else None
+    if network_size is None:
+        network_size = parser["network_size"] if "network_size" in parser else None
+    network_size = tuple(int(v) for v in network_size) if network_size else None
     scaled = {}
     for key, img, mode in (("moving_image", mov, parser["moving_intensity"]), ("fixed_image", fix, parser["fixed_intensity"])):
         t = intensity_transform(key, mode)
@@ -273,8 +290,9 @@ class CLI:
         moving_label: str | None = None,
         checkpoint: str | None = None,
         instance_opt: int = 0,
-        lr: float = 1e-3,
+        lr: float = 3e-4,
         random_init: bool = False,
+        network_size: tuple | None = None,
         device: str = "cpu",
     ) -> str:
         """Register MOVING to FIXED and write the results on the fixed image's grid and affine.
@@ -291,6 +309,8 @@ class CLI:
                 from random initialisation when there is no checkpoint.
             lr: Adam learning rate of the instance optimisation.
             random_init: ignore any checkpoint and optimise a randomly initialised network (needs --instance-opt).
+            network_size: run the network at this size, e.g. "[96,112,80]" (the DDF is resized back to the fixed
+                grid); default: the bundle's inference network_size (null = the fixed image's own size).
             device: cpu or cuda.
         Returns:
             The folder written.
@@ -303,7 +323,8 @@ class CLI:
         out_dir = Path(output)
         _check_writable(out_dir)
         net, parser = load_bundle_network(bundle, checkpoint, device, instance_opt > 0, random_init)
-        out, metrics = register_pair(net, parser, fixed, moving, fixed_label, moving_label, instance_opt, lr, device)
+        out, metrics = register_pair(net, parser, fixed, moving, fixed_label, moving_label, instance_opt, lr, device,
+                                     network_size=network_size)
         name = _pair_name(moving, fixed)
         extra = {"metrics.json": json.dumps(metrics, indent=1)}
         keys = [k for k in metrics if k != "labels"]
@@ -324,7 +345,7 @@ class CLI:
         checkpoint: str | None = None,
         output: str = "metrics.csv",
         instance_opt: int = 0,
-        lr: float = 1e-3,
+        lr: float = 3e-4,
         device: str = "cpu",
     ) -> str:
         """Metrics of a bundle network over a datalist section: one CSV row per pair and a mean +- std table.
@@ -424,7 +445,7 @@ class CLI:
             diff = float((traced(x) - net(x)).abs().max())
         if diff > 1e-3:
             raise RuntimeError(f"traced network differs from the eager one by {diff:.2e} voxels")
-        path = Path(output) if output else Path(bundle) / "models" / "model.ts"
+        path = Path(output) if output else _bundle_root(bundle) / "models" / "model.ts"
         _check_writable(path.parent)
         traced.save(str(path))
         _say(f"wrote {path} (max difference to eager {diff:.1e} voxels at {size}^{dims})")
