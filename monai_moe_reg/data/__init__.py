@@ -33,4 +33,5 @@ __all__ = [
     "synthetic_pair",
     "validate_pairs",
     "warp_image",
+    "write_demo_dataset",
 ]
