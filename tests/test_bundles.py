@@ -218,3 +218,13 @@ def test_multi_gpu_config_with_two_cpu_processes(bundle, tmp_path, tiny_llm):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_amp_training_on_cpu(tmp_path, tiny_llm):
+    """--amp true trains with bf16 autocast on CPU (fp16 + gradient scaler on CUDA)."""
+    ov = tiny_overrides("shmoareg", tmp_path, tiny_llm)
+    wf = workflow("shmoareg", "train.json", "train", max_epochs=1, val_interval=1, amp=True, **ov)
+    wf.initialize()
+    wf.run()
+    assert wf.trainer.use_amp and np.isfinite(float(wf.trainer.state.output["loss"]))
+    assert (tmp_path / "models" / "model.pt").is_file()

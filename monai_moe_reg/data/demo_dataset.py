@@ -51,7 +51,7 @@ def write_demo_dataset(
             sections[section].append(entry)
             idx += 1
     target = root / DATALIST_NAME
-    tmp = target.with_suffix(".json.part")
+    tmp = target.with_suffix(f".json.{os.getpid()}.part")
     tmp.write_text(json.dumps(sections, indent=1))
     tmp.replace(target)
     return target
@@ -60,10 +60,17 @@ def write_demo_dataset(
 def ensure_datalist(dataset_dir: str | os.PathLike, demo: str = "mono", **kwargs) -> str:
     """``dataset_dir/datalist.json`` if it exists; otherwise write the demo set there first (``demo``: ``"mono"`` or
     ``"multimodal"``) and return its datalist. Point ``dataset_dir`` at a folder holding your own datalist.json to
-    train on real data."""
-    target = Path(dataset_dir) / DATALIST_NAME
-    if target.is_file():
-        return str(target)
+    train on real data. In a multi-process (torch.distributed) run, rank 0 writes the demo set and the other ranks
+    wait at a barrier, so they never race on the same files."""
+    import torch.distributed as dist
+
     if demo not in ("mono", "multimodal"):
         raise ValueError(f"demo must be 'mono' or 'multimodal', got {demo!r}.")
-    return str(write_demo_dataset(dataset_dir, multimodal=demo == "multimodal", **kwargs))
+    target = Path(dataset_dir) / DATALIST_NAME
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    # in a multi-process run only rank 0 writes the demo set; the others wait for it
+    if not target.is_file() and (not distributed or dist.get_rank() == 0):
+        write_demo_dataset(dataset_dir, multimodal=demo == "multimodal", **kwargs)
+    if distributed:
+        dist.barrier()
+    return str(target)
