@@ -178,11 +178,10 @@ def register_pair(
 ) -> tuple[dict, dict]:
     """Register one pair of files with a bundle network. Returns the evaluator-style output dict (batch of one) and
     the metrics (Dice/HD95/ASSD in mm when labels are given, %|J|<=0, SD log J, and the unregistered Dice)."""
-    from monai.networks.blocks import Warp
     from monai.transforms import ResampleToMatch
 
     from monai_moe_reg.data.transforms import intensity_transform
-    from monai_moe_reg.engines.utils import predict_ddf, unwrap
+    from monai_moe_reg.engines.utils import image_spacing, predict_ddf, warp_pair
     from monai_moe_reg.metrics.registration import registration_metrics, to_label_map
 
     say = _say if verbose else (lambda _m: None)
@@ -226,22 +225,12 @@ def register_pair(
     net.eval()
     with torch.no_grad():
         ddf = predict_ddf(net, scaled["moving_image"], scaled["fixed_image"], network_size).float()
-        out = {
-            "pred": ddf.cpu(),
-            "fixed_image": fix[None],
-            "moving_image": mov[None],
-            "warped_image": Warp(padding_mode="zeros")(mov[None].as_tensor().to(device), ddf).cpu(),
-        }
-        maps = getattr(unwrap(net), "expert_maps", None)
-        out["expert_maps"] = maps[0].cpu() if maps and not network_size else None
-        warped_label = fixed_lab = None
-        if labels:
-            warped_label = Warp(mode="nearest", padding_mode="zeros")(labels["moving"][None].as_tensor().to(device), ddf).cpu()
-            fixed_lab = labels["fixed"][None].as_tensor()
-            out["warped_label"] = warped_label
-    from monai.data.utils import affine_to_spacing
-
-    spacing = affine_to_spacing(fix.affine, r=dims).tolist()
+        warped = warp_pair(net, ddf, mov[None], labels["moving"][None] if labels else None, network_size)
+    out = {"pred": ddf.cpu(), "fixed_image": fix[None], "moving_image": mov[None]}
+    out.update({k: v.cpu() if v is not None else None for k, v in warped.items()})
+    warped_label = out.get("warped_label")
+    fixed_lab = labels["fixed"][None].as_tensor() if labels else None
+    spacing = image_spacing(fix)
     metrics = registration_metrics(out["pred"], warped_label, fixed_lab, spacing)[0]
     if labels:
         before = registration_metrics(torch.zeros_like(out["pred"]), labels["moving"][None].as_tensor(), fixed_lab, spacing)[0]
@@ -266,13 +255,11 @@ def _pair_name(moving: str, fixed: str) -> str:
 
 
 def _metric_table(rows: list[dict]) -> str:
-    from monai_moe_reg.metrics.registration import METRIC_NAMES
+    from monai_moe_reg.metrics.registration import summarize_metrics
 
     lines = ["| metric | mean | std |", "|---|---|---|"]
-    for key in METRIC_NAMES:
-        vals = np.array([r[key] for r in rows], dtype=float)
-        vals = vals[~np.isnan(vals)]
-        lines.append(f"| {key} | {vals.mean():.4f} | {vals.std():.4f} |" if vals.size else f"| {key} | n/a | n/a |")
+    for key, (mean, std) in summarize_metrics(rows).items():
+        lines.append(f"| {key} | {mean:.4f} | {std:.4f} |" if not np.isnan(mean) else f"| {key} | n/a | n/a |")
     return "\n".join(lines)
 
 

@@ -7,25 +7,12 @@ from collections.abc import Sequence
 import torch
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
-from monai.networks.blocks import Warp
 from monai.utils.enums import CommonKeys as Keys
 
-from monai_moe_reg.engines.utils import autocast, pair_to_device, predict_ddf, unwrap
+from monai_moe_reg.engines.utils import autocast, image_spacing, pair_to_device, predict_ddf, warp_pair
 from monai_moe_reg.metrics.registration import registration_metrics
 
 __all__ = ["RegistrationEvaluator"]
-
-
-def _spacing(image: torch.Tensor) -> list[float] | None:
-    """Voxel spacing (mm) of the first item of a batched MetaTensor (a list of per-item pixdims), else ``None``."""
-    pixdim = getattr(image, "pixdim", None)
-    if pixdim is None:
-        return None
-    if isinstance(pixdim, (list, tuple)):
-        pixdim = pixdim[0]
-    pixdim = torch.as_tensor(pixdim)
-    pixdim = pixdim[0] if pixdim.ndim > 1 else pixdim
-    return [float(v) for v in pixdim]
 
 
 class RegistrationEvaluator(SupervisedEvaluator):
@@ -60,8 +47,6 @@ class RegistrationEvaluator(SupervisedEvaluator):
         self.network_size = tuple(network_size) if network_size else None
         self.eval_labels = list(labels) if labels else None
         self.compute_metrics = compute_metrics
-        self.warp_image = Warp(mode="bilinear", padding_mode="zeros")
-        self.warp_label = Warp(mode="nearest", padding_mode="zeros")
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         if batchdata is None:
@@ -76,15 +61,14 @@ class RegistrationEvaluator(SupervisedEvaluator):
         with torch.no_grad():
             out = engine.state.output
             out["moving_image"], out["fixed_image"] = moving, fixed
-            out["warped_image"] = self.warp_image(torch.as_tensor(moving).float(), ddf)
-            warped_label = fixed_label = None
-            if "moving_label" in batch and "fixed_label" in batch:
-                warped_label = self.warp_label(torch.as_tensor(batch["moving_label"]).float(), ddf)
-                fixed_label = torch.as_tensor(batch["fixed_label"])
-                out["warped_label"], out["fixed_label"] = warped_label, fixed_label
-            maps = getattr(unwrap(engine.network), "expert_maps", None)
-            out["expert_maps"] = maps[0] if maps and self.network_size is None else None
+            has_labels = "moving_label" in batch and "fixed_label" in batch
+            out.update(warp_pair(engine.network, ddf, moving, batch["moving_label"] if has_labels else None,
+                                 self.network_size))
+            fixed_label = torch.as_tensor(batch["fixed_label"]) if has_labels else None
+            if has_labels:
+                out["fixed_label"] = fixed_label
             if engine.compute_metrics:
-                out["metrics"] = registration_metrics(ddf, warped_label, fixed_label, _spacing(fixed), self.eval_labels)
+                out["metrics"] = registration_metrics(ddf, out.get("warped_label"), fixed_label, image_spacing(fixed),
+                                                      self.eval_labels)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
 from monai_moe_reg.metrics.jacobian import jacobian_determinant
-from monai_moe_reg.metrics.registration import METRIC_NAMES
+from monai_moe_reg.metrics.registration import METRIC_NAMES, summarize_metrics
 
 __all__ = ["PairMetric", "PairMetricsSaver", "RegistrationWriter", "pair_names"]
 
@@ -98,12 +98,7 @@ class PairMetricsSaver:
                 self.rows.append({"pair": name, **row})
 
     def summary(self) -> dict[str, tuple[float, float]]:
-        out = {}
-        for key in METRIC_NAMES:
-            values = np.array([r[key] for r in self.rows], dtype=float)
-            values = values[~np.isnan(values)]
-            out[key] = (float(values.mean()), float(values.std())) if values.size else (float("nan"), float("nan"))
-        return out
+        return summarize_metrics(self.rows)
 
     def _write(self, engine: Engine) -> None:
         import ignite.distributed as idist

@@ -8,12 +8,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
+from monai.networks.blocks import Warp
 from torch import nn
 
 from monai_moe_reg.data.datalist import PAIR_KEYS
 from monai_moe_reg.networks.blocks.flow import upsample_ddf
 
-__all__ = ["pair_to_device", "autocast", "unwrap", "predict_ddf"]
+__all__ = ["pair_to_device", "autocast", "unwrap", "predict_ddf", "image_spacing", "warp_pair"]
 
 
 def pair_to_device(batch: dict, device: torch.device | str, non_blocking: bool = False) -> dict:
@@ -57,3 +59,36 @@ def predict_ddf(
     if tuple(ddf.shape[2:]) != size:
         ddf = upsample_ddf(ddf.float(), size)
     return ddf
+
+
+def image_spacing(image: torch.Tensor) -> list[float] | None:
+    """Voxel spacing (mm) of a MetaTensor from its affine (the first item's if batched); ``None`` for a plain tensor."""
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return None
+    affine = torch.as_tensor(affine)
+    affine = affine[0] if affine.ndim == 3 else affine
+    return [float(v) for v in affine_to_spacing(affine, r=affine.shape[-1] - 1)]
+
+
+def warp_pair(
+    network: nn.Module,
+    ddf: torch.Tensor,
+    moving: torch.Tensor,
+    moving_label: torch.Tensor | None = None,
+    network_size: Sequence[int] | None = None,
+) -> dict:
+    """What a registered pair produces on the fixed grid: ``warped_image`` (linear), ``warped_label`` (nearest, the
+    label map itself, when given) and ``expert_maps`` (SHMoAReg's level-0 selected-expert map ``(B, D, *S)`` when the
+    network ran on the fixed grid, else ``None``). Used by the evaluator and the CLI."""
+
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        t = t.as_tensor() if isinstance(t, MetaTensor) else t
+        return t.float().to(ddf.device)
+
+    out = {"warped_image": Warp(mode="bilinear", padding_mode="zeros")(plain(moving), ddf)}
+    if moving_label is not None:
+        out["warped_label"] = Warp(mode="nearest", padding_mode="zeros")(plain(moving_label), ddf)
+    maps = getattr(unwrap(network), "expert_maps", None)
+    out["expert_maps"] = maps[0] if maps and not network_size else None
+    return out

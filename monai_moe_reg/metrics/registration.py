@@ -10,7 +10,7 @@ import torch
 from monai_moe_reg.metrics.jacobian import nonpositive_jacobian_percent, sd_log_jacobian
 from monai_moe_reg.metrics.overlap import assd_mm, dice_per_label, hd95_mm
 
-__all__ = ["METRIC_NAMES", "to_label_map", "registration_metrics"]
+__all__ = ["METRIC_NAMES", "to_label_map", "registration_metrics", "summarize_metrics"]
 
 METRIC_NAMES = ("dice", "hd95_mm", "assd_mm", "folding_percent", "sdlogj")
 
@@ -60,3 +60,13 @@ def registration_metrics(
         r["hd95_mm"] = float(np.mean(finite(hd))) if finite(hd) else nan
         r["assd_mm"] = float(np.mean(finite(assd))) if finite(assd) else nan
     return rows
+
+
+def summarize_metrics(rows: Sequence[dict]) -> dict[str, tuple[float, float]]:
+    """Mean and std of each of :data:`METRIC_NAMES` over per-pair rows, NaNs ignored (NaN where no row has one)."""
+    out = {}
+    for key in METRIC_NAMES:
+        values = np.array([r[key] for r in rows], dtype=float)
+        values = values[~np.isnan(values)]
+        out[key] = (float(values.mean()), float(values.std())) if values.size else (float("nan"), float("nan"))
+    return out
