@@ -6,7 +6,6 @@ and writers). ``monai-moe-reg COMMAND --help`` lists each command's arguments.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import logging
@@ -128,31 +127,6 @@ def _describe(img) -> str:
     return f"shape {tuple(img.shape[1:])}, spacing {tuple(round(s, 3) for s in spacing)} mm, orientation {axcodes}"
 
 
-def _instance_optimise(net, moving, fixed, loss_fn, steps: int, lr: float, network_size=None):
-    """Fine-tune a copy of ``net`` on this one pair for ``steps`` Adam steps of its unsupervised loss. With
-    ``network_size`` the pair is resized to it once and the loss is computed there (not at full resolution)."""
-    import torch.nn.functional as F
-    from tqdm import tqdm
-
-    if network_size:
-        mode = "trilinear" if moving.ndim == 5 else "bilinear"
-        moving, fixed = (F.interpolate(t, size=tuple(network_size), mode=mode, align_corners=False) for t in (moving, fixed))
-    net = copy.deepcopy(net)
-    net.train()
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
-    batch = {"moving_image": moving, "fixed_image": fixed}
-    bar = tqdm(range(steps), desc="instance optimisation", file=sys.stdout)
-    for _ in bar:
-        ddf = net(torch.cat([moving, fixed], dim=1))
-        terms = loss_fn.batch_loss(net, batch, ddf)
-        opt.zero_grad()
-        terms["loss"].backward()
-        opt.step()
-        bar.set_postfix(loss=f"{float(terms['loss']):.5f}")
-    net.eval()
-    return net
-
-
 def _unsupervised_loss(parser):
     """The bundle's training loss when it needs no labels (SHMoAReg), else MIND-SSC + L2 gradient (LLM-Morph)."""
     from monai_moe_reg.losses import LLMMorphLoss
@@ -163,6 +137,16 @@ def _unsupervised_loss(parser):
     return LLMMorphLoss(lambda_label=0.0, image_similarity="mind", lambda_reg=0.1)
 
 
+def _io_similarity(parser) -> tuple[torch.nn.Module, float]:
+    """The image similarity of the bundle's unsupervised loss for field instance optimisation, and its default
+    diffusion weight: 0.1 with MSE/LNCC (SHMoAReg), 1.0 with MIND-SSC (LLM-Morph; 0.1 gave SD log J > 2 on the
+    prostate training pairs, see bench/accuracy.py)."""
+    from monai_moe_reg.losses import SHMoARegLoss
+
+    loss = _unsupervised_loss(parser)
+    return (loss.similarity, 0.1) if isinstance(loss, SHMoARegLoss) else (loss.image_loss, 1.0)
+
+
 def register_pair(
     net,
     parser,
@@ -171,20 +155,29 @@ def register_pair(
     fixed_label: str | None = None,
     moving_label: str | None = None,
     instance_opt: int = 0,
-    lr: float = 3e-4,
+    lr: float | None = None,
     device: str = "cpu",
     verbose: bool = True,
     network_size=None,
+    io_mode: str = "field",
+    io_lambda: float | None = None,
 ) -> tuple[dict, dict]:
     """Register one pair of files with a bundle network. Returns the evaluator-style output dict (batch of one) and
-    the metrics (Dice/HD95/ASSD in mm when labels are given, %|J|<=0, SD log J, and the unregistered Dice)."""
+    the metrics (Dice/HD95/ASSD in mm when labels are given, %|J|<=0, SD log J, and the unregistered Dice).
+
+    ``instance_opt`` > 0 refines the result on this pair: ``io_mode="field"`` optimises the displacement field
+    itself from the network's DDF (Adam, ``lr`` default 0.1 voxel, the bundle's image similarity + ``io_lambda`` x
+    diffusion, default 0.1 with MSE and 1.0 with MIND-SSC), ``"network"`` fine-tunes a copy of the network with its unsupervised loss (``lr`` default 3e-4)."""
     from monai.transforms import ResampleToMatch
 
     from monai_moe_reg.data.transforms import intensity_transform
+    from monai_moe_reg.engines.instance_optimisation import IO_MODES, finetune_network, optimise_field
     from monai_moe_reg.engines.utils import image_spacing, predict_ddf, warp_pair
     from monai_moe_reg.metrics.registration import registration_metrics, to_label_map
 
     say = _say if verbose else (lambda _m: None)
+    if io_mode not in IO_MODES:
+        raise ValueError(f"io_mode must be one of {IO_MODES}, got {io_mode!r}.")
     dims = int(parser["network_def"].get("spatial_dims", 3))
     fix = _load_image(fixed, "fixed image", dims)
     mov = _load_image(moving, "moving image", dims)
@@ -217,14 +210,20 @@ def register_pair(
         say(f"{key.split('_')[0]} intensity: {mode}")
     if network_size:
         say(f"network runs at {tuple(network_size)}; the DDF is resized back to the fixed grid")
-    if instance_opt and instance_opt > 0:
-        start = time.time()
-        net = _instance_optimise(net, scaled["moving_image"], scaled["fixed_image"], _unsupervised_loss(parser),
-                                 int(instance_opt), lr, network_size)
-        say(f"instance optimisation: {instance_opt} steps in {time.time() - start:.1f} s")
+    start = time.time()
+    if instance_opt and instance_opt > 0 and io_mode == "network":
+        net = finetune_network(net, scaled["moving_image"], scaled["fixed_image"], _unsupervised_loss(parser),
+                               int(instance_opt), lr or 3e-4, network_size)
     net.eval()
     with torch.no_grad():
         ddf = predict_ddf(net, scaled["moving_image"], scaled["fixed_image"], network_size).float()
+    if instance_opt and instance_opt > 0 and io_mode == "field":
+        similarity, default_lambda = _io_similarity(parser)
+        ddf = optimise_field(ddf, scaled["moving_image"], scaled["fixed_image"], similarity, int(instance_opt),
+                             lr or 0.1, default_lambda if io_lambda is None else io_lambda)
+    if instance_opt and instance_opt > 0:
+        say(f"instance optimisation ({io_mode}): {instance_opt} steps in {time.time() - start:.1f} s")
+    with torch.no_grad():
         warped = warp_pair(net, ddf, mov[None], labels["moving"][None] if labels else None, network_size)
     out = {"pred": ddf.cpu(), "fixed_image": fix[None], "moving_image": mov[None]}
     out.update({k: v.cpu() if v is not None else None for k, v in warped.items()})
@@ -277,10 +276,12 @@ class CLI:
         moving_label: str | None = None,
         checkpoint: str | None = None,
         instance_opt: int = 0,
-        lr: float = 3e-4,
+        lr: float | None = None,
         random_init: bool = False,
         network_size: tuple | None = None,
         device: str = "cpu",
+        io_mode: str = "field",
+        io_lambda: float | None = None,
     ) -> str:
         """Register MOVING to FIXED and write the results on the fixed image's grid and affine.
 
@@ -292,13 +293,18 @@ class CLI:
             fixed_label: optional fixed label map (for Dice/HD95/ASSD).
             moving_label: optional moving label map, warped with nearest interpolation.
             checkpoint: weights (default BUNDLE/models/model.pt).
-            instance_opt: fine-tune a copy of the network on this pair for this many steps first (0 = off); works
-                from random initialisation when there is no checkpoint.
-            lr: Adam learning rate of the instance optimisation.
+            instance_opt: refine the registration of this pair for this many Adam steps (0 = off); works from
+                random initialisation when there is no checkpoint.
+            lr: Adam learning rate of the instance optimisation (default 0.1 voxel for field, 3e-4 for network).
             random_init: ignore any checkpoint and optimise a randomly initialised network (needs --instance-opt).
             network_size: run the network at this size, e.g. "[96,112,80]" (the DDF is resized back to the fixed
                 grid); default: the bundle's inference network_size (null = the fixed image's own size).
             device: cpu or cuda.
+            io_mode: "field" optimises the displacement field itself, starting from the network's (the bundle's
+                image similarity + io_lambda x diffusion; fast, the default); "network" fine-tunes a copy of the
+                network with its unsupervised loss.
+            io_lambda: diffusion weight of field instance optimisation (default 0.1 with SHMoAReg's MSE, 1.0 with
+                LLM-Morph's MIND-SSC).
         Returns:
             The folder written.
         """
@@ -311,7 +317,7 @@ class CLI:
         _check_writable(out_dir)
         net, parser = load_bundle_network(bundle, checkpoint, device, instance_opt > 0, random_init)
         out, metrics = register_pair(net, parser, fixed, moving, fixed_label, moving_label, instance_opt, lr, device,
-                                     network_size=network_size)
+                                     network_size=network_size, io_mode=io_mode, io_lambda=io_lambda)
         name = _pair_name(moving, fixed)
         extra = {"metrics.json": json.dumps(metrics, indent=1)}
         keys = [k for k in metrics if k != "labels"]
@@ -332,8 +338,10 @@ class CLI:
         checkpoint: str | None = None,
         output: str = "metrics.csv",
         instance_opt: int = 0,
-        lr: float = 3e-4,
+        lr: float | None = None,
         device: str = "cpu",
+        io_mode: str = "field",
+        io_lambda: float | None = None,
     ) -> str:
         """Metrics of a bundle network over a datalist section: one CSV row per pair and a mean +- std table.
 
@@ -344,8 +352,11 @@ class CLI:
             checkpoint: weights (default BUNDLE/models/model.pt).
             output: CSV file to write (a _summary.csv is written beside it).
             instance_opt: instance-optimisation steps per pair (0 = off).
-            lr: instance-optimisation learning rate.
+            lr: instance-optimisation learning rate (default 0.1 voxel for field, 3e-4 for network).
             device: cpu or cuda.
+            io_mode: "field" (optimise the displacement field) or "network" (fine-tune a network copy).
+            io_lambda: diffusion weight of field instance optimisation (default 0.1 with SHMoAReg's MSE, 1.0 with
+                LLM-Morph's MIND-SSC).
         Returns:
             The mean +- std table (markdown).
         """
@@ -359,7 +370,8 @@ class CLI:
         rows = []
         for i, p in enumerate(pairs):
             _, m = register_pair(net, parser, p["fixed_image"], p["moving_image"], p.get("fixed_label"),
-                                 p.get("moving_label"), instance_opt, lr, device, verbose=False)
+                                 p.get("moving_label"), instance_opt, lr, device, verbose=False, io_mode=io_mode,
+                                 io_lambda=io_lambda)
             rows.append({"pair": _pair_name(p["moving_image"], p["fixed_image"]), **{k: m[k] for k in METRIC_NAMES}})
             _say(f"[{i + 1}/{len(pairs)}] {rows[-1]['pair']}: dice {m['dice']:.4f}")
         with open(out, "w", newline="") as fh:

@@ -1,0 +1,130 @@
+"""Instance optimisation of one pair after the network: refine the displacement field itself, or fine-tune a copy of
+the network.
+
+``optimise_field`` is the usual meaning of instance optimisation in learned registration (as in the Learn2Reg
+challenge entries): the network's DDF is the initial value of a field that Adam then fits to this one pair under an
+image similarity plus MONAI's ``DiffusionLoss``. The field is kept on a grid ``coarsen`` times coarser than the
+fixed image, box-filtered and upsampled linearly (cheap smoothness priors, as in ConvexAdam's Adam stage). Neither MONAI nor the two papers provide it, so it is
+written here. ``finetune_network`` instead runs Adam on a copy of the network's weights with its training loss; it
+is slower (a network forward and backward per step) and, from a trained model, Adam's first steps can move the
+small-initialised flow heads far (see README, accuracy benchmark).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiffusionLoss
+from monai.networks.blocks import Warp
+from torch import nn
+from tqdm import tqdm
+
+from monai_moe_reg.networks.blocks.flow import upsample_ddf
+
+__all__ = ["IO_MODES", "finetune_network", "optimise_field"]
+
+IO_MODES = ("field", "network")
+
+
+def optimise_field(
+    ddf: torch.Tensor,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    similarity: nn.Module,
+    steps: int,
+    lr: float = 0.05,
+    lambda_reg: float = 0.01,
+    coarsen: int = 2,
+    smoothing: int = 3,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Refine a DDF on one pair.
+
+    Args:
+        ddf: initial DDF ``(1, D, *S)`` in voxels of the fixed grid (e.g. the network's prediction; zeros to start
+            from identity).
+        moving, fixed: ``(1, C, *S)`` images on the fixed grid, scaled as the network saw them.
+        similarity: ``(warped, fixed) -> scalar`` loss (MSE / LNCC for one modality, MIND-SSC or MI across
+            modalities).
+        steps: Adam steps.
+        lr: Adam learning rate, in voxels of the coarse grid.
+        lambda_reg: weight of MONAI's ``DiffusionLoss`` on the coarse field.
+        coarsen: the field is optimised on a grid ``coarsen`` times coarser per axis (1 = the fixed grid).
+        smoothing: passes of a 3-wide box filter applied to the field before use (0 = none). Adam scales every
+            component's step to about ``lr`` whatever its gradient, so components with only rounding-noise gradients
+            (flat background) would wander; the filter keeps the used field smooth.
+        progress: show a progress bar.
+
+    Returns:
+        the refined DDF ``(1, D, *S)`` (detached).
+    """
+    if ddf.ndim != moving.ndim or ddf.shape[0] != 1 or ddf.shape[2:] != fixed.shape[2:] or moving.shape != fixed.shape:
+        raise ValueError(
+            f"optimise_field needs one pair on one grid: ddf {tuple(ddf.shape)}, moving {tuple(moving.shape)}, "
+            f"fixed {tuple(fixed.shape)}."
+        )
+    if coarsen < 1:
+        raise ValueError(f"coarsen must be >= 1, got {coarsen}.")
+    size = tuple(ddf.shape[2:])
+    coarse = tuple(max(1, s // coarsen) for s in size)
+    mode = "trilinear" if len(size) == 3 else "bilinear"
+    with torch.no_grad():
+        start = F.interpolate(ddf.float(), size=coarse, mode=mode, align_corners=False)
+        start = start * torch.tensor([c / s for c, s in zip(coarse, size)]).view(1, -1, *([1] * len(size)))
+    field = nn.Parameter(start.clone())
+    opt = torch.optim.Adam([field], lr=lr)
+    warp, reg = Warp(mode="bilinear", padding_mode="border"), DiffusionLoss()
+    moving, fixed = moving.float().detach(), fixed.float().detach()
+    bar = tqdm(range(steps), desc="instance optimisation (field)", file=sys.stdout, disable=not progress)
+    for _ in bar:
+        smooth = _smooth(field, smoothing)
+        loss = similarity(warp(moving, upsample_ddf(smooth, size)), fixed) + lambda_reg * reg(smooth)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{float(loss):.5f}")
+    return upsample_ddf(_smooth(field.detach(), smoothing), size)
+
+
+def _smooth(field: torch.Tensor, times: int) -> torch.Tensor:
+    """``times`` passes of a 3-wide box filter (edges averaged over the voxels inside)."""
+    pool = F.avg_pool3d if field.ndim == 5 else F.avg_pool2d
+    for _ in range(times):
+        field = pool(field, 3, stride=1, padding=1, count_include_pad=False)
+    return field
+
+
+def finetune_network(
+    network: nn.Module,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    loss_fn: nn.Module,
+    steps: int,
+    lr: float = 3e-4,
+    network_size: Sequence[int] | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Fine-tune a copy of ``network`` on one pair ``(1, C, *S)`` for ``steps`` Adam steps of ``loss_fn.batch_loss``
+    (an unsupervised loss: only ``moving_image``/``fixed_image`` are given). With ``network_size`` the pair is resized
+    to it once and the loss is computed there. Returns the fine-tuned copy in eval mode (the original is untouched)."""
+    if network_size:
+        mode = "trilinear" if moving.ndim == 5 else "bilinear"
+        moving, fixed = (F.interpolate(t, size=tuple(network_size), mode=mode, align_corners=False) for t in (moving, fixed))
+    net = copy.deepcopy(network)
+    net.train()
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
+    batch = {"moving_image": moving, "fixed_image": fixed}
+    bar = tqdm(range(steps), desc="instance optimisation (network)", file=sys.stdout, disable=not progress)
+    for _ in bar:
+        ddf = net(torch.cat([moving, fixed], dim=1))
+        terms = loss_fn.batch_loss(net, batch, ddf)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        bar.set_postfix(loss=f"{float(terms['loss']):.5f}")
+    net.eval()
+    return net
