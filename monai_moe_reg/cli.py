@@ -128,10 +128,20 @@ def _describe(img) -> str:
 
 
 def _unsupervised_loss(parser):
-    """The bundle's training loss when it needs no labels (SHMoAReg), else MIND-SSC + L2 gradient (LLM-Morph)."""
+    """The bundle's training loss (from its ``train.json``; ``inference.json`` has none) when it needs no labels
+    (SHMoAReg), else MIND-SSC + L2 gradient (LLM-Morph's training loss needs labels)."""
+    from monai.bundle import ConfigParser
+
     from monai_moe_reg.losses import LLMMorphLoss
 
-    loss = parser.get_parsed_content("loss") if "loss" in parser else None
+    train = Path(parser["bundle_root"]) / "configs" / "train.json"
+    loss = None
+    if "loss" in parser:
+        loss = parser.get_parsed_content("loss")
+    elif train.is_file():
+        train_parser = ConfigParser()
+        train_parser.read_config(str(train))
+        loss = train_parser.get_parsed_content("loss") if "loss" in train_parser else None
     if loss is not None and not isinstance(loss, LLMMorphLoss):
         return loss
     return LLMMorphLoss(lambda_label=0.0, image_similarity="mind", lambda_reg=0.1)
