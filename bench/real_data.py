@@ -208,9 +208,11 @@ def _prostate_case(folder: Path, case: str, kind: str, size) -> tuple[torch.Tens
     return img_t, lab_t
 
 
-def load_prostate(root: str | Path, size=(48, 64, 48), num_test: int = 7, seed: int = 0) -> dict:
+def load_prostate(root: str | Path, size=(48, 64, 48), num_test: int = 7, seed: int = 0, gland_only: bool = True) -> dict:
     """The 25 paired MR->TRUS cases resized to ``size`` (images min-max scaled; 1 to 3 binary label channels per case:
-    the gland, then landmarks; moving and fixed have the same channels), split once
+    the gland, then landmarks; moving and fixed have the same channels). With ``gland_only`` only the gland channel is
+    kept: the landmarks are 20-135 voxels at 48x64x48, too small for a Dice signal (DeepReg scores them by target
+    registration error instead). Split once
     with ``seed`` into ``train`` and ``test`` (``num_test`` cases). Returns ``{"train": [...], "test": [...],
     "spacing": mm per voxel of the resized fixed grid}``."""
     folder = _require(Path(root) / "prostate" / "paired" / "train")
@@ -224,6 +226,8 @@ def load_prostate(root: str | Path, size=(48, 64, 48), num_test: int = 7, seed: 
     for case in cases:
         mov, mov_lab = _prostate_case(folder, case, "moving", size)
         fix, fix_lab = _prostate_case(folder, case, "fixed", size)
+        if gland_only:
+            mov_lab, fix_lab = mov_lab[:1], fix_lab[:1]
         pairs.append({"name": case.split(".")[0], "kind": "prostate", "moving_image": mov, "moving_label": mov_lab,
                       "fixed_image": fix, "fixed_label": fix_lab, "labels": [1]})
     test = sorted(order[:num_test].tolist())
@@ -232,9 +236,10 @@ def load_prostate(root: str | Path, size=(48, 64, 48), num_test: int = 7, seed: 
 
 
 class ProstateTrainSampler:
-    """Endless semi-supervised training pairs from the training split: one label channel drawn at random (as DeepReg
-    does, since cases have 1 to 3), and each side (image and that label together) warped by its own random smooth DDF
-    (``max_disp`` voxels), seeded. Labels are ``(1, 1, *S)`` binary maps (use ``LLMMorphLoss(num_classes=2)``)."""
+    """Endless semi-supervised training pairs from the training split: one of the pair's label channels drawn at
+    random (as DeepReg does; only the gland with ``load_prostate(gland_only=True)``), and each side (image and that
+    label together) warped by its own random smooth DDF (``max_disp`` voxels), seeded. Labels are ``(1, 1, *S)``
+    binary maps (use ``LLMMorphLoss(num_classes=2)``)."""
 
     def __init__(self, pairs: list[dict], max_disp: float = 2.0, seed: int = 0) -> None:
         self.pairs, self.max_disp = pairs, max_disp
