@@ -240,8 +240,8 @@ def bar_chart(results, panels, out) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.5))
-    for ax, (task, kinds, title) in zip(axes, panels):
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.5), squeeze=False)
+    for ax, (task, kinds, title) in zip(axes[0], panels):
         names, means, stds = [], [], []
         for t, name, rows, _ in results:
             sel = [r["dice"] for r in rows if r["kind"] in kinds]
