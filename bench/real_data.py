@@ -98,9 +98,8 @@ def _coarse(volume: np.ndarray, size: int = 48) -> np.ndarray:
 
 def _to_grid(image: np.ndarray, label: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """1 mm cube -> ``size``^3 cube (area-averaged image, nearest label), both ``(1, size, size, size)``."""
-    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    img = torch.from_numpy(_coarse(image, size))[None]
     lab = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None, None]
-    img = F.interpolate(img, size=(size,) * 3, mode="area")[0]
     lab = F.interpolate(lab, size=(size,) * 3, mode="nearest")[0].long()
     return img.clamp(0, 1), lab
 
@@ -109,7 +108,7 @@ def load_brains(root: str | Path, size: int = 96, log=print) -> dict[str, dict]:
     """The three brains on a ``BRAIN_MM`` mm cube of ``size``^3 voxels.
 
     Returns ``{name: {"image": (1, S, S, S) float in [0, 1], "label": (1, S, S, S) int64, "labels": [ids used for
-    Dice], "label_set": "aseg30" | "3class"}}`` and the spacing in mm is ``BRAIN_MM / size``.
+    Dice: the 30 of eval_labels.json for subject_a, 1 and 2 for brain3]}}``; the spacing in mm is ``BRAIN_MM / size``.
     """
     root = Path(root)
     a_img = _read(root / "brain3" / "image_A.nii.gz").astype(np.float32)
@@ -120,7 +119,7 @@ def load_brains(root: str | Path, size: int = 96, log=print) -> dict[str, dict]:
         seg = _label_on_image_grid(root / "brain3" / f"image_{name}_seg.nii.gz", root / "brain3" / f"image_{name}.nii.gz")
         img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
         image, label = _to_grid(_place(img, a_centre, BRAIN_MM), _place(seg, a_centre, BRAIN_MM), size)
-        brains[f"brain3_{name}"] = {"image": image, "label": label, "labels": [1, 2], "label_set": "3class"}
+        brains[f"brain3_{name}"] = {"image": image, "label": label, "labels": [1, 2]}
 
     s_img = _read(root / "brain" / "subject_a_t1.nii.gz").astype(np.float32)
     s_seg = _read(root / "brain" / "subject_a_seg.nii.gz").astype(np.int16)
@@ -138,7 +137,7 @@ def load_brains(root: str | Path, size: int = 96, log=print) -> dict[str, dict]:
     s_img, s_seg = _reorient(s_img, perm, flips), _reorient(s_seg, perm, flips)
     centre = _centroid(s_img)
     image, label = _to_grid(_place(s_img, centre, BRAIN_MM, a_in_cube), _place(s_seg, centre, BRAIN_MM, a_in_cube), size)
-    brains["subject_a"] = {"image": image, "label": label, "labels": [int(v) for v in eval_labels], "label_set": "aseg30"}
+    brains["subject_a"] = {"image": image, "label": label, "labels": [int(v) for v in eval_labels]}
     return brains
 
 

@@ -220,18 +220,19 @@ def register_pair(
         say(f"{key.split('_')[0]} intensity: {mode}")
     if network_size:
         say(f"network runs at {tuple(network_size)}; the DDF is resized back to the fixed grid")
+    optimise = bool(instance_opt) and instance_opt > 0
     start = time.time()
-    if instance_opt and instance_opt > 0 and io_mode == "network":
+    if optimise and io_mode == "network":
         net = finetune_network(net, scaled["moving_image"], scaled["fixed_image"], _unsupervised_loss(parser),
                                int(instance_opt), lr or 3e-4, network_size)
     net.eval()
     with torch.no_grad():
         ddf = predict_ddf(net, scaled["moving_image"], scaled["fixed_image"], network_size).float()
-    if instance_opt and instance_opt > 0 and io_mode == "field":
+    if optimise and io_mode == "field":
         similarity, default_lambda = _io_similarity(parser)
         ddf = optimise_field(ddf, scaled["moving_image"], scaled["fixed_image"], similarity, int(instance_opt),
                              lr or 0.1, default_lambda if io_lambda is None else io_lambda)
-    if instance_opt and instance_opt > 0:
+    if optimise:
         say(f"instance optimisation ({io_mode}): {instance_opt} steps in {time.time() - start:.1f} s")
     with torch.no_grad():
         warped = warp_pair(net, ddf, mov[None], labels["moving"][None] if labels else None, network_size)

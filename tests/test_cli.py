@@ -198,6 +198,10 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(pair_files, checkpoin
           "--checkpoint", str(other), "--output", str(out)], "other bundle"),
         (base + ["--moving", pair_files["moving"], "--output", str(d / "file" / "sub")], "output folder"),
         (base + ["--moving", str(d / "missing.nii.gz"), "--output", str(out)], "does not exist"),
+        (base + ["--moving", pair_files["moving"], "--output", str(out), "--instance-opt", "2", "--io-mode", "bogus"],
+         "io_mode"),
+        (base + ["--moving", pair_files["moving"], "--output", str(out), "--instance-opt", "2", "--io-lambda=-1"],
+         "lambda_reg >= 0"),
     ]
     for args, match in cases:
         code, err = run_main(args, capsys)

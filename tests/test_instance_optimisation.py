@@ -42,6 +42,8 @@ def test_field_optimisation_keeps_a_perfect_start_within_half_a_voxel():
         (torch.zeros(2, 3, 24, 24, 24), torch.zeros(1, 1, 24, 24, 24), {}, "one pair on one grid"),
         (torch.zeros(1, 3, 24, 24, 24), torch.zeros(1, 1, 24, 24, 20), {}, "one pair on one grid"),
         (torch.zeros(1, 3, 24, 24, 24), torch.zeros(1, 1, 24, 24, 24), {"coarsen": 0}, "coarsen"),
+        (torch.zeros(1, 3, 24, 24, 24), torch.zeros(1, 1, 24, 24, 24), {"lr": 0.0}, "lr > 0"),
+        (torch.zeros(1, 3, 24, 24, 24), torch.zeros(1, 1, 24, 24, 24), {"lambda_reg": -0.1}, "lambda_reg >= 0"),
     ],
 )
 def test_field_optimisation_rejects_bad_inputs(ddf, moving, kwargs, match):

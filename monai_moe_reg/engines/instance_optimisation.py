@@ -69,13 +69,13 @@ def optimise_field(
         )
     if coarsen < 1:
         raise ValueError(f"coarsen must be >= 1, got {coarsen}.")
+    if lr <= 0 or lambda_reg < 0:
+        raise ValueError(f"field instance optimisation needs lr > 0 and lambda_reg >= 0, got lr={lr}, "
+                         f"lambda_reg={lambda_reg}.")
     size = tuple(ddf.shape[2:])
     coarse = tuple(max(1, s // coarsen) for s in size)
-    mode = "trilinear" if len(size) == 3 else "bilinear"
-    with torch.no_grad():
-        start = F.interpolate(ddf.float(), size=coarse, mode=mode, align_corners=False)
-        start = start * torch.tensor([c / s for c, s in zip(coarse, size)]).view(1, -1, *([1] * len(size)))
-    field = nn.Parameter(start.clone())
+    with torch.no_grad():  # resize to the coarse grid, vectors rescaled per axis
+        field = nn.Parameter(upsample_ddf(ddf.float(), coarse))
     opt = torch.optim.Adam([field], lr=lr)
     warp, reg = Warp(mode="bilinear", padding_mode="border"), DiffusionLoss()
     moving, fixed = moving.float().detach(), fixed.float().detach()
