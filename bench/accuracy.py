@@ -11,7 +11,8 @@ real inter-subject pairs brain3_A<->brain3_B (Dice over their 3 classes' 2 foreg
 deformed pair per brain (fields from seeds the sampler never draws; subject_a scored on the 30 FreeSurfer labels
 of eval_labels.json). Rows: SHMoAReg, its diffeomorphic variant, MoA off, SHMoE off, VoxelMorph, LocalNet,
 SHMoAReg + ``--io-steps`` of field instance optimisation per pair (the DDF refined by Adam under the same MSE +
-diffusion weight as in training, as ``monai-moe-reg register --instance-opt``; its time included), elastix B-spline, unregistered.
+diffusion weight as in training, as ``monai-moe-reg register --instance-opt``; its time included), elastix B-spline,
+unregistered.
 
 Prostate MR->TRUS (multimodal). DeepReg's 25 paired cases resized to 48x64x48, split once (seed 0) into 18 training
 and 7 test pairs. LLM-Morph with the real SmolLM2-135M layers, its ablations (0 LEB, 1 LEB, ViT instead of the LLM,
@@ -107,10 +108,10 @@ def params_m(net: nn.Module) -> str:
 
 
 def train_for(net: nn.Module, sampler, loss_fn: nn.Module, budget_s: float, lr: float,
-              max_steps: int | None = None) -> tuple[int, float, float]:
+              max_steps: int | None = None) -> tuple[int, float, float, float]:
     """Adam (linear warm-up over ``WARMUP_STEPS``) on ``loss_fn.batch_loss`` with fresh pairs from ``sampler`` until
     ``budget_s`` seconds of wall clock (pair generation included) have passed, or ``max_steps`` steps. Returns steps,
-    mean loss of the first and of the last 10 % of steps."""
+    mean loss of the first and of the last 10 % of steps, and the seconds taken."""
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     # linear warm-up: Adam's first full-size steps move the small-initialised flow heads of a pyramid by several
     # voxels at once (measured on SHMoAReg: max |DDF| 5.8 voxels and Dice 0.64 -> 0.52 after one step at 3e-4)
@@ -130,7 +131,7 @@ def train_for(net: nn.Module, sampler, loss_fn: nn.Module, budget_s: float, lr: 
         losses.append(loss.item())
     net.eval()
     k = max(1, len(losses) // 10)
-    return len(losses), statistics.mean(losses[:k]), statistics.mean(losses[-k:])
+    return len(losses), statistics.mean(losses[:k]), statistics.mean(losses[-k:]), time.perf_counter() - start
 
 
 def pair_metrics(ddf: torch.Tensor, pair: dict, spacing) -> dict:
@@ -200,8 +201,8 @@ def run_task(task, models, sampler_fn, loss_fn, io_similarity, io_lambda, pairs,
     for i, (name, build) in enumerate(models.items()):
         torch.manual_seed(0)
         net = build()
-        steps, first, last = train_for(net, sampler_fn(), loss_fn, budget, args.lr, args.max_steps)
-        log(f"{task}: {name}: {steps} steps in {budget:.0f} s, loss {first:.4f} -> {last:.4f}")
+        steps, first, last, seconds = train_for(net, sampler_fn(), loss_fn, budget, args.lr, args.max_steps)
+        log(f"{task}: {name}: {steps} steps in {seconds:.0f} s, loss {first:.4f} -> {last:.4f}")
         info = {"params": params_m(net), "steps": steps}
         rows = evaluate(network_predictor(net, network_size), pairs, spacing)
         results.append((task, name, rows, info))
@@ -322,7 +323,8 @@ def main() -> None:
     lines = [f"Accuracy on real scans — {date.today()}, {machine}, whole run {minutes:.0f} min"
              f"{' (--quick: numbers mean nothing)' if args.quick else ''}. Budgets: {args.brain_budget:.0f} s per brain "
              f"model at {args.brain_size}^3, {args.prostate_budget:.0f} s per prostate model at 48x64x48, Adam lr "
-             f"{args.lr:g} (warm-up {WARMUP_STEPS} steps{f', at most {args.max_steps} steps' if args.max_steps else ''}); field instance optimisation {args.io_steps} steps (lr "
+             f"{args.lr:g} (warm-up {WARMUP_STEPS} steps{f', at most {args.max_steps} steps' if args.max_steps else ''}); "
+             f"field instance optimisation {args.io_steps} steps (lr "
              f"{args.io_lr:g}, diffusion weight {args.io_lambda[0]:g} brain / {args.io_lambda[1]:g} prostate).", ""]
     panels = []
     if "brain" in args.tasks:

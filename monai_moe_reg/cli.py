@@ -39,11 +39,12 @@ def _bundle_root(bundle: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"'{root}' is not a bundle folder (no configs/inference.json); e.g. --bundle bundles/shmoareg")
 
 
-def _bundle_config(bundle: str | os.PathLike):
+def _bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):
+    """A parser of the bundle's ``configs/<config>`` with ``bundle_root`` set to the resolved bundle folder."""
     from monai.bundle import ConfigParser
 
     root = _bundle_root(bundle)
-    cfg = root / "configs" / "inference.json"
+    cfg = root / "configs" / config
     parser = ConfigParser()
     parser.read_config(str(cfg))
     parser["bundle_root"] = str(root.resolve())
@@ -130,18 +131,14 @@ def _describe(img) -> str:
 def _unsupervised_loss(parser):
     """The bundle's training loss (from its ``train.json``; ``inference.json`` has none) when it needs no labels
     (SHMoAReg), else MIND-SSC + L2 gradient (LLM-Morph's training loss needs labels)."""
-    from monai.bundle import ConfigParser
-
     from monai_moe_reg.losses import LLMMorphLoss
 
-    train = Path(parser["bundle_root"]) / "configs" / "train.json"
     loss = None
     if "loss" in parser:
         loss = parser.get_parsed_content("loss")
-    elif train.is_file():
-        train_parser = ConfigParser()
-        train_parser.read_config(str(train))
-        loss = train_parser.get_parsed_content("loss") if "loss" in train_parser else None
+    elif (Path(parser["bundle_root"]) / "configs" / "train.json").is_file():
+        train = _bundle_config(parser["bundle_root"], "train.json")
+        loss = train.get_parsed_content("loss") if "loss" in train else None
     if loss is not None and not isinstance(loss, LLMMorphLoss):
         return loss
     return LLMMorphLoss(lambda_label=0.0, image_similarity="mind", lambda_reg=0.1)
@@ -178,7 +175,8 @@ def register_pair(
 
     ``instance_opt`` > 0 refines the result on this pair: ``io_mode="field"`` optimises the displacement field
     itself from the network's DDF (Adam, ``lr`` default 0.1 voxel, the bundle's image similarity + ``io_lambda`` x
-    diffusion, default the bundle's training ``lambda_reg`` with MSE and 1.0 with MIND-SSC), ``"network"`` fine-tunes a copy of the network with its unsupervised loss (``lr`` default 3e-4)."""
+    diffusion, default the bundle's training ``lambda_reg`` with MSE and 1.0 with MIND-SSC), ``"network"`` fine-tunes
+    a copy of the network with its unsupervised loss (``lr`` default 3e-4)."""
     from monai.transforms import ResampleToMatch
 
     from monai_moe_reg.data.transforms import intensity_transform
@@ -221,7 +219,7 @@ def register_pair(
         say(f"{key.split('_')[0]} intensity: {mode}")
     if network_size:
         say(f"network runs at {tuple(network_size)}; the DDF is resized back to the fixed grid")
-    optimise = bool(instance_opt) and instance_opt > 0
+    optimise = (instance_opt or 0) > 0
     start = time.time()
     if optimise and io_mode == "network":
         net = finetune_network(net, scaled["moving_image"], scaled["fixed_image"], _unsupervised_loss(parser),
@@ -315,8 +313,8 @@ class CLI:
             io_mode: "field" optimises the displacement field itself, starting from the network's (the bundle's
                 image similarity + io_lambda x diffusion; fast, the default); "network" fine-tunes a copy of the
                 network with its unsupervised loss.
-            io_lambda: diffusion weight of field instance optimisation (default SHMoAReg's training lambda_reg, 0.01, with its MSE; 1.0 with
-                LLM-Morph's MIND-SSC).
+            io_lambda: diffusion weight of field instance optimisation (default SHMoAReg's training lambda_reg,
+                0.01, with its MSE; 1.0 with LLM-Morph's MIND-SSC).
         Returns:
             The folder written.
         """
@@ -367,8 +365,8 @@ class CLI:
             lr: instance-optimisation learning rate (default 0.1 voxel for field, 3e-4 for network).
             device: cpu or cuda.
             io_mode: "field" (optimise the displacement field) or "network" (fine-tune a network copy).
-            io_lambda: diffusion weight of field instance optimisation (default SHMoAReg's training lambda_reg, 0.01, with its MSE; 1.0 with
-                LLM-Morph's MIND-SSC).
+            io_lambda: diffusion weight of field instance optimisation (default SHMoAReg's training lambda_reg,
+                0.01, with its MSE; 1.0 with LLM-Morph's MIND-SSC).
         Returns:
             The mean +- std table (markdown).
         """

@@ -101,13 +101,10 @@ def test_register_different_grids_outputs_on_the_fixed_grid_and_itk_reproduces_i
 
 
 def test_field_instance_optimisation_uses_the_bundles_training_objective():
-    from monai.bundle import ConfigParser
-
     from monai_moe_reg.cli import _bundle_config, _io_similarity
     from monai_moe_reg.losses import MINDSSCLoss
 
-    train = ConfigParser()
-    train.read_config(str(Path(SHMOAREG) / "configs" / "train.json"))
+    train = _bundle_config(SHMOAREG, "train.json")
     similarity, weight = _io_similarity(_bundle_config(SHMOAREG))
     assert weight == train["loss"]["lambda_reg"] == 0.01  # the weight the network was trained with
     assert type(similarity) is type(train.get_parsed_content("loss").similarity)
