@@ -291,6 +291,8 @@ def main() -> None:
     parser.add_argument("--save-models", action="store_true", help=f"keep each trained network's weights in {MODELS}")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps must be at least 1, got {args.max_steps}.")
     if args.io_lambda is None:
         args.io_lambda = [args.brain_lambda, 1.0]
     if args.quick:
