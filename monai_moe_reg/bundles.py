@@ -7,7 +7,15 @@ from pathlib import Path
 
 from ignite.engine import Engine
 
-__all__ = ["locate", "latest_checkpoint", "require_path", "resume_from_latest"]
+__all__ = [
+    "bundle_config",
+    "bundle_root",
+    "latest_checkpoint",
+    "load_network_weights",
+    "locate",
+    "require_path",
+    "resume_from_latest",
+]
 
 BUNDLE_NAMES = ("shmoareg", "llm_morph")
 
@@ -52,3 +60,55 @@ def require_path(path: str | os.PathLike, hint: str) -> str:
     if not Path(path).exists():
         raise FileNotFoundError(f"'{path}' does not exist: {hint}.")
     return str(path)
+
+
+def bundle_root(bundle: str | os.PathLike) -> Path:
+    """The bundle folder: ``bundle`` itself, or for a bundle name (``shmoareg``, ``bundles/llm_morph``) the folder
+    :func:`locate` finds."""
+    root = Path(bundle)
+    if (root / "configs" / "inference.json").is_file():
+        return root
+    if root.name in BUNDLE_NAMES:
+        return Path(locate(root.name))
+    raise FileNotFoundError(f"'{root}' is not a bundle folder (no configs/inference.json); e.g. --bundle bundles/shmoareg")
+
+
+def bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):
+    """A MONAI ``ConfigParser`` of the bundle's ``configs/<config>`` with ``bundle_root`` set to the bundle folder."""
+    from monai.bundle import ConfigParser
+
+    root = bundle_root(bundle)
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(root / "configs" / config))
+    except ValueError as err:
+        raise ValueError(f"cannot read '{root / 'configs' / config}': {err}") from err
+    parser["bundle_root"] = str(root.resolve())
+    return parser
+
+
+def load_network_weights(network, path: str | os.PathLike, bundle: str | os.PathLike = "") -> None:
+    """Load a state dict (or a checkpoint dict with a ``network`` entry) from ``path`` into ``network``, with a
+    one-line error naming the file for a missing, unreadable or mismatched checkpoint."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist: train the bundle first or pass --checkpoint.")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
+        raise ValueError(f"checkpoint '{path}' is not a readable PyTorch checkpoint ({type(err).__name__}); "
+                         "it may be truncated or of another format.") from err
+    if isinstance(state, dict) and isinstance(state.get("network"), dict):
+        state = state["network"]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint '{path}' holds a {type(state).__name__}, not a state dict of a network.")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        keys, got = set(network.state_dict()), set(state)
+        raise ValueError(
+            f"checkpoint '{path}' does not fit the {Path(bundle).name or type(network).__name__} network "
+            f"({len(keys - got)} missing, {len(got - keys)} unexpected keys): is it from the other bundle?"
+        ) from err

@@ -7,7 +7,7 @@ and writers). ``monai-moe-reg COMMAND --help`` lists each command's arguments.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import os
 import sys
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["CLI", "main", "load_bundle_network", "register_pair"]
+__all__ = ["CLI", "main"]
 
 logger = logging.getLogger("monai_moe_reg.cli")
 
@@ -26,226 +26,48 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _bundle_root(bundle: str | os.PathLike) -> Path:
-    """The bundle folder: ``bundle`` itself, or for a bundle name (``shmoareg``, ``bundles/llm_morph``) the folder
-    :func:`monai_moe_reg.bundles.locate` finds (repository root, bundle folder, or beside the package)."""
-    from monai_moe_reg.bundles import BUNDLE_NAMES, locate
-
-    root = Path(bundle)
-    if (root / "configs" / "inference.json").is_file():
-        return root
-    if root.name in BUNDLE_NAMES:
-        return Path(locate(root.name))
-    raise FileNotFoundError(f"'{root}' is not a bundle folder (no configs/inference.json); e.g. --bundle bundles/shmoareg")
-
-
-def _bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):
-    """A parser of the bundle's ``configs/<config>`` with ``bundle_root`` set to the resolved bundle folder."""
-    from monai.bundle import ConfigParser
-
-    root = _bundle_root(bundle)
-    cfg = root / "configs" / config
-    parser = ConfigParser()
-    parser.read_config(str(cfg))
-    parser["bundle_root"] = str(root.resolve())
-    return parser
-
-
-def load_bundle_network(
-    bundle: str | os.PathLike,
-    checkpoint: str | None = None,
-    device: str = "cpu",
-    allow_random: bool = False,
-    random_init: bool = False,
-):
-    """The bundle's ``network_def`` with its checkpoint (default ``<bundle>/models/model.pt``) loaded.
-
-    Without a checkpoint the network keeps its random initialisation only when ``allow_random`` (instance
-    optimisation from scratch), and says so; ``random_init`` asks for it explicitly even when a checkpoint exists.
-    A checkpoint of another network raises a ``ValueError``. Returns ``(network, parser)``.
-    """
-    parser = _bundle_config(bundle)
-    net = parser.get_parsed_content("network_def")
-    if random_init:
-        if checkpoint:
-            raise ValueError("--random-init and --checkpoint exclude each other.")
-        if not allow_random:
-            raise ValueError("--random-init needs --instance-opt N > 0 (an untrained network cannot register).")
-        _say(f"network: {type(net).__name__}, random initialisation (as asked)")
-        return net.to(device), parser
-    path = Path(checkpoint) if checkpoint else _bundle_root(bundle) / "models" / "model.pt"
-    if path.is_file():
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("network"), dict):
-            state = state["network"]
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            keys = set(net.state_dict())
-            got = set(state) if isinstance(state, dict) else set()
-            raise ValueError(
-                f"checkpoint '{path}' does not fit the {Path(bundle).name} network ({len(keys - got)} missing, "
-                f"{len(got - keys)} unexpected keys): is it from the other bundle?"
-            ) from err
-        _say(f"network: {type(net).__name__} from {Path(bundle).name}, weights {path}")
-    elif checkpoint:
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
-    elif allow_random:
-        _say(f"network: {type(net).__name__}, no checkpoint at {path}: starting from random initialisation")
-    else:
-        raise FileNotFoundError(
-            f"no checkpoint at '{path}': train the bundle first, pass --checkpoint, or use --instance-opt N to "
-            "optimise from random initialisation."
-        )
-    return net.to(device), parser
-
-
-def _load_image(path: str, what: str, spatial_dims: int):
-    from monai.transforms import LoadImage
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} '{path}' does not exist.")
-    try:
-        img = LoadImage(image_only=True, ensure_channel_first=True)(path)
-    except Exception as err:  # noqa: BLE001 - readers raise many types for a non-image
-        raise ValueError(f"{what} '{path}' is not an image ITK or nibabel can read.") from err
-    if img.ndim - 1 != spatial_dims:
-        raise ValueError(
-            f"{what} '{path}' is {img.ndim - 1}-D {tuple(img.shape[1:])} but this bundle registers {spatial_dims}-D images."
-        )
-    if not torch.isfinite(img).all():
-        raise ValueError(f"{what} '{path}' contains NaN or Inf voxels; fill or mask them first.")
-    return img.float()
-
-
 def _describe(img) -> str:
+    import nibabel as nib
     from monai.data.utils import affine_to_spacing
 
     spacing = affine_to_spacing(img.affine, r=img.ndim - 1).tolist()
-    import nibabel as nib
-
     axcodes = "".join(nib.orientations.aff2axcodes(np.asarray(img.affine)))
     return f"shape {tuple(img.shape[1:])}, spacing {tuple(round(s, 3) for s in spacing)} mm, orientation {axcodes}"
 
 
-def _unsupervised_loss(parser):
-    """The bundle's training loss (from its ``train.json``; ``inference.json`` has none) when it needs no labels
-    (SHMoAReg), else MIND-SSC + L2 gradient (LLM-Morph's training loss needs labels)."""
-    from monai_moe_reg.losses import LLMMorphLoss
-
-    loss = None
-    if "loss" in parser:
-        loss = parser.get_parsed_content("loss")
-    elif (Path(parser["bundle_root"]) / "configs" / "train.json").is_file():
-        train = _bundle_config(parser["bundle_root"], "train.json")
-        loss = train.get_parsed_content("loss") if "loss" in train else None
-    if loss is not None and not isinstance(loss, LLMMorphLoss):
-        return loss
-    return LLMMorphLoss(lambda_label=0.0, image_similarity="mind", lambda_reg=0.1)
-
-
-def _io_similarity(parser) -> tuple[torch.nn.Module, float]:
-    """The image similarity of the bundle's unsupervised loss for field instance optimisation, and its default
-    diffusion weight: SHMoAReg's own training weight (``lambda_reg`` of its ``train.json`` loss, 0.01), so that
-    the pair is fitted under the objective the network was trained with; 1.0 with MIND-SSC (LLM-Morph trains on
-    labels, which a new pair lacks; 0.1 gave SD log J > 2 on the prostate training pairs, see bench/accuracy.py)."""
-    from monai_moe_reg.losses import SHMoARegLoss
-
-    loss = _unsupervised_loss(parser)
-    return (loss.similarity, loss.weights["reg"]) if isinstance(loss, SHMoARegLoss) else (loss.image_loss, 1.0)
+def _io_overrides(instance_opt, lr, io_lambda) -> tuple[bool, dict]:
+    """``--instance-opt`` (true/false, or N steps per level), ``--lr`` and ``--io-lambda`` as overrides of the
+    bundle's ``registration::instance_optimisation`` section."""
+    if isinstance(instance_opt, bool) or instance_opt is None:
+        enabled, steps = bool(instance_opt), None
+    elif isinstance(instance_opt, int) and not isinstance(instance_opt, bool):
+        if instance_opt < 0:
+            raise ValueError(f"--instance-opt takes true, false or a number of steps >= 0, got {instance_opt}.")
+        enabled, steps = instance_opt > 0, instance_opt
+    else:
+        raise ValueError(f"--instance-opt takes true, false or a number of steps >= 0, got {instance_opt!r}.")
+    io: dict = {}
+    if steps is not None:
+        io["steps"] = steps
+    if lr is not None:
+        if not isinstance(lr, (int, float)) or lr <= 0:
+            raise ValueError(f"--lr must be a number > 0, got {lr!r}.")
+        io["lr"] = float(lr)
+    if io_lambda is not None:
+        if not isinstance(io_lambda, (int, float)) or io_lambda < 0:
+            raise ValueError(f"--io-lambda must be a number >= 0 (lambda_reg >= 0), got {io_lambda!r}.")
+        io["lambda_reg"] = float(io_lambda)
+    return enabled, ({"instance_optimisation": io} if io else {})
 
 
-def register_pair(
-    net,
-    parser,
-    fixed: str,
-    moving: str,
-    fixed_label: str | None = None,
-    moving_label: str | None = None,
-    instance_opt: int = 0,
-    lr: float | None = None,
-    device: str = "cpu",
-    verbose: bool = True,
-    network_size=None,
-    io_mode: str = "field",
-    io_lambda: float | None = None,
-) -> tuple[dict, dict]:
-    """Register one pair of files with a bundle network. Returns the evaluator-style output dict (batch of one) and
-    the metrics (Dice/HD95/ASSD in mm when labels are given, %|J|<=0, SD log J, and the unregistered Dice).
+def _registrar(bundle, checkpoint, device, network, overrides):
+    from monai_moe_reg.apps.registration import Registrar
 
-    ``instance_opt`` > 0 refines the result on this pair: ``io_mode="field"`` optimises the displacement field
-    itself from the network's DDF (Adam, ``lr`` default 0.1 voxel, the bundle's image similarity + ``io_lambda`` x
-    diffusion, default the bundle's training ``lambda_reg`` with MSE and 1.0 with MIND-SSC), ``"network"`` fine-tunes
-    a copy of the network with its unsupervised loss (``lr`` default 3e-4)."""
-    from monai.transforms import ResampleToMatch
-
-    from monai_moe_reg.data.transforms import intensity_transform
-    from monai_moe_reg.engines.instance_optimisation import IO_MODES, finetune_network, optimise_field
-    from monai_moe_reg.engines.utils import image_spacing, predict_ddf, warp_pair
-    from monai_moe_reg.metrics.registration import registration_metrics, to_label_map
-
-    say = _say if verbose else (lambda _m: None)
-    if io_mode not in IO_MODES:
-        raise ValueError(f"io_mode must be one of {IO_MODES}, got {io_mode!r}.")
-    dims = int(parser["network_def"].get("spatial_dims", 3))
-    fix = _load_image(fixed, "fixed image", dims)
-    mov = _load_image(moving, "moving image", dims)
-    labels = {}
-    for key, path, image in (("fixed", fixed_label, fix), ("moving", moving_label, mov)):
-        if path:
-            lab = _load_image(path, f"{key} label", dims)
-            if lab.shape[1:] != image.shape[1:]:
-                raise ValueError(f"{key} label '{path}' has shape {tuple(lab.shape[1:])}, its image {tuple(image.shape[1:])}.")
-            if not (lab > 0).any():
-                raise ValueError(f"{key} label '{path}' is empty (no foreground voxel).")
-            labels[key] = lab
-    if bool(fixed_label) != bool(moving_label):
-        raise ValueError("give both --fixed-label and --moving-label, or neither.")
-    say(f"fixed:  {fixed} ({_describe(fix)})")
-    say(f"moving: {moving} ({_describe(mov)})")
-    same_grid = mov.shape == fix.shape and np.allclose(np.asarray(mov.affine), np.asarray(fix.affine), atol=1e-4)
-    if not same_grid:
-        mov = ResampleToMatch(mode="bilinear", padding_mode="zeros")(mov, fix)
-        if "moving" in labels:
-            labels["moving"] = ResampleToMatch(mode="nearest")(labels["moving"], fix)
-        say("moving image resampled onto the fixed image's grid (size, spacing and orientation of the fixed image)")
-    if network_size is None:
-        network_size = parser["network_size"] if "network_size" in parser else None
-    network_size = tuple(int(v) for v in network_size) if network_size else None
-    scaled = {}
-    for key, img, mode in (("moving_image", mov, parser["moving_intensity"]), ("fixed_image", fix, parser["fixed_intensity"])):
-        t = intensity_transform(key, mode)
-        scaled[key] = (t({key: img})[key] if t is not None else img)[None].to(device)
-        say(f"{key.split('_')[0]} intensity: {mode}")
-    if network_size:
-        say(f"network runs at {tuple(network_size)}; the DDF is resized back to the fixed grid")
-    optimise = (instance_opt or 0) > 0
-    start = time.time()
-    if optimise and io_mode == "network":
-        net = finetune_network(net, scaled["moving_image"], scaled["fixed_image"], _unsupervised_loss(parser),
-                               int(instance_opt), lr or 3e-4, network_size)
-    net.eval()
-    with torch.no_grad():
-        ddf = predict_ddf(net, scaled["moving_image"], scaled["fixed_image"], network_size).float()
-    if optimise and io_mode == "field":
-        similarity, default_lambda = _io_similarity(parser)
-        ddf = optimise_field(ddf, scaled["moving_image"], scaled["fixed_image"], similarity, int(instance_opt),
-                             lr or 0.1, default_lambda if io_lambda is None else io_lambda)
-    if optimise:
-        say(f"instance optimisation ({io_mode}): {instance_opt} steps in {time.time() - start:.1f} s")
-    with torch.no_grad():
-        warped = warp_pair(net, ddf, mov[None], labels["moving"][None] if labels else None, network_size)
-    out = {"pred": ddf.cpu(), "fixed_image": fix[None], "moving_image": mov[None]}
-    out.update({k: v.cpu() if v is not None else None for k, v in warped.items()})
-    warped_label = out.get("warped_label")
-    fixed_lab = labels["fixed"][None].as_tensor() if labels else None
-    spacing = image_spacing(fix)
-    metrics = registration_metrics(out["pred"], warped_label, fixed_lab, spacing)[0]
-    if labels:
-        before = registration_metrics(torch.zeros_like(out["pred"]), labels["moving"][None].as_tensor(), fixed_lab, spacing)[0]
-        metrics["dice_unregistered"] = before["dice"]
-        metrics["labels"] = sorted(int(v) for v in torch.unique(to_label_map(fixed_lab)) if v != 0)
-    return out, metrics
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}.")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA device; use --device cpu.")
+    return Registrar.from_bundle(bundle, checkpoint=checkpoint, device=device, network=network, overrides=overrides)
 
 
 def _check_writable(folder: Path) -> None:
@@ -255,6 +77,24 @@ def _check_writable(folder: Path) -> None:
         raise PermissionError(f"cannot create output folder '{folder}': {err.strerror}.") from err
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"output folder '{folder}' is not writable.")
+
+
+def _csv(rows: list[dict], fields: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _pair_name(moving: str, fixed: str) -> str:
@@ -285,58 +125,67 @@ class CLI:
         fixed_label: str | None = None,
         moving_label: str | None = None,
         checkpoint: str | None = None,
-        instance_opt: int = 0,
+        network: str = "auto",
+        affine: str = "on",
+        instance_opt=True,
         lr: float | None = None,
-        random_init: bool = False,
-        network_size: tuple | None = None,
-        device: str = "cpu",
-        io_mode: str = "field",
         io_lambda: float | None = None,
+        device: str = "cpu",
     ) -> str:
         """Register MOVING to FIXED and write the results on the fixed image's grid and affine.
 
+        The pipeline and its settings come from the bundle's configs/inference.json (section "registration"):
+        affine pre-alignment, the network at its working spacing, then multi-resolution instance optimisation.
+        The moving scan may have another size, spacing and orientation: it is never resampled onto the fixed grid
+        before the end (one interpolation, through the transform).
+
         Args:
             fixed: fixed image (NIfTI or any format ITK/nibabel reads).
-            moving: moving image; resampled onto the fixed grid first if size, spacing or orientation differ.
-            output: output folder; results go to OUTPUT/<moving>_to_<fixed>/.
-            bundle: bundle folder whose network and preprocessing are used (bundles/shmoareg or bundles/llm_morph).
-            fixed_label: optional fixed label map (for Dice/HD95/ASSD).
-            moving_label: optional moving label map, warped with nearest interpolation.
-            checkpoint: weights (default BUNDLE/models/model.pt).
-            instance_opt: refine the registration of this pair for this many Adam steps (0 = off); works from
-                random initialisation when there is no checkpoint.
-            lr: Adam learning rate of the instance optimisation (default 0.1 voxel for field, 3e-4 for network).
-            random_init: ignore any checkpoint and optimise a randomly initialised network (needs --instance-opt).
-            network_size: run the network at this size, e.g. "[96,112,80]" (the DDF is resized back to the fixed
-                grid); default: the bundle's inference network_size (null = the fixed image's own size).
-            device: cpu or cuda.
-            io_mode: "field" optimises the displacement field itself, starting from the network's (the bundle's
-                image similarity + io_lambda x diffusion; fast, the default); "network" fine-tunes a copy of the
-                network with its unsupervised loss.
-            io_lambda: diffusion weight of field instance optimisation (default SHMoAReg's training lambda_reg,
-                0.01, with its MSE; 1.0 with LLM-Morph's MIND-SSC).
+            moving: moving image (any grid: it is resampled onto the fixed grid through the transform).
+            output: output folder; results go to OUTPUT/<moving>_to_<fixed>/ (warped_image, warped_label, ddf,
+                ddf_itk, jacobian .nii.gz; transform.h5 = ITK composite transform for antsApplyTransforms, ITK and
+                3D Slicer; metrics.json/.csv; overview.png).
+            bundle: bundle folder whose network and registration settings are used (bundles/shmoareg or
+                bundles/llm_morph).
+            fixed_label: optional fixed label map (with --moving-label: Dice/HD95/ASSD in mm).
+            moving_label: optional moving label map, warped with nearest interpolation (alone: atlas segmentation).
+            checkpoint: network weights (default BUNDLE/models/model.pt).
+            network: auto (use the weights if present, else register without the network), on (require them), off.
+            affine: on (affine, then deformable; default), off (no affine stage), only (affine alone).
+            instance_opt: true (the bundle's schedule; default), false (network only), or N steps per level.
+            lr: instance-optimisation Adam learning rate (default: the bundle's).
+            io_lambda: instance-optimisation regularisation weight (default: the bundle's lambda_reg).
+            device: cpu, cuda or cuda:N.
         Returns:
             The folder written.
         """
-        from monai_moe_reg.engines.handlers import RegistrationWriter
+        from monai_moe_reg.apps.registration import Registrar, load_scan
 
         missing = [f"--{n}" for n, v in (("fixed", fixed), ("moving", moving), ("output", output)) if not v]
         if missing:
             raise ValueError(f"register needs {', '.join(missing)} (see monai-moe-reg register --help).")
-        out_dir = Path(output)
+        if fixed_label and not moving_label:
+            raise ValueError("--fixed-label needs --moving-label (alone, --moving-label warps an atlas's labels).")
+        out_dir = Path(str(output))
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"output folder '{out_dir}' exists and is not a folder.")
+        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda)
+        registrar = _registrar(bundle, checkpoint, device, network, overrides)
+        fix = load_scan(fixed, "fixed image", registrar.spatial_dims)
+        mov = load_scan(moving, "moving image", registrar.spatial_dims)
+        _say(f"fixed:  {fixed} ({_describe(fix)})")
+        _say(f"moving: {moving} ({_describe(mov)})")
+        _say(f"network: {type(registrar.network).__name__ if registrar.network is not None else 'none'}; "
+             f"affine: {affine}; instance optimisation: {'on' if enabled else 'off'}")
+        result = registrar(fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled)
         _check_writable(out_dir)
-        net, parser = load_bundle_network(bundle, checkpoint, device, instance_opt > 0, random_init)
-        out, metrics = register_pair(net, parser, fixed, moving, fixed_label, moving_label, instance_opt, lr, device,
-                                     network_size=network_size, io_mode=io_mode, io_lambda=io_lambda)
-        name = _pair_name(moving, fixed)
-        extra = {"metrics.json": json.dumps(metrics, indent=1)}
-        keys = [k for k in metrics if k != "labels"]
-        extra["metrics.csv"] = ",".join(keys) + "\n" + ",".join(f"{metrics[k]:.6f}" for k in keys) + "\n"
-        folder = RegistrationWriter(out_dir).write_pair(name, out, 0, extra)
-        if "dice" in metrics and not np.isnan(metrics["dice"]):
-            _say(f"Dice {metrics['dice_unregistered']:.4f} -> {metrics['dice']:.4f}, HD95 {metrics['hd95_mm']:.2f} mm, "
-                 f"ASSD {metrics['assd_mm']:.2f} mm")
-        _say(f"%|J|<=0 {metrics['folding_percent']:.4f}, SD log J {metrics['sdlogj']:.4f}")
+        folder = Registrar.write(result, out_dir / _pair_name(moving, fixed))
+        m, t = result.metrics, result.timings
+        if "dice" in m:
+            _say(f"Dice {m['dice_unregistered']:.4f} -> {m['dice']:.4f}, HD95 {m['hd95_mm']:.2f} mm, "
+                 f"ASSD {m['assd_mm']:.2f} mm")
+        _say(f"%|J|<=0 {m['folding_percent']:.4f}, SD log J {m['sdlogj']:.4f}")
+        _say("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if isinstance(v, float)))
         _say(f"wrote {folder}")
         return str(folder)
 
@@ -347,26 +196,28 @@ class CLI:
         section: str = "testing",
         checkpoint: str | None = None,
         output: str = "metrics.csv",
-        instance_opt: int = 0,
+        network: str = "auto",
+        affine: str = "on",
+        instance_opt=True,
         lr: float | None = None,
-        device: str = "cpu",
-        io_mode: str = "field",
         io_lambda: float | None = None,
+        device: str = "cpu",
     ) -> str:
-        """Metrics of a bundle network over a datalist section: one CSV row per pair and a mean +- std table.
+        """Metrics of the bundle's registration pipeline over a datalist section: one CSV row per pair and a
+        mean +- std table.
 
         Args:
             datalist: datalist JSON (pairs or subject lists; see the bundles' docs).
             bundle: bundle folder.
             section: datalist section (training, validation, testing).
             checkpoint: weights (default BUNDLE/models/model.pt).
-            output: CSV file to write (a _summary.csv is written beside it).
-            instance_opt: instance-optimisation steps per pair (0 = off).
-            lr: instance-optimisation learning rate (default 0.1 voxel for field, 3e-4 for network).
-            device: cpu or cuda.
-            io_mode: "field" (optimise the displacement field) or "network" (fine-tune a network copy).
-            io_lambda: diffusion weight of field instance optimisation (default SHMoAReg's training lambda_reg,
-                0.01, with its MSE; 1.0 with LLM-Morph's MIND-SSC).
+            output: CSV file to write (a _summary.md table is written beside it).
+            network: auto, on or off (see register).
+            affine: on, off or only.
+            instance_opt: true (the bundle's schedule), false, or N steps per level.
+            lr: instance-optimisation learning rate (default: the bundle's).
+            io_lambda: instance-optimisation regularisation weight (default: the bundle's).
+            device: cpu, cuda or cuda:N.
         Returns:
             The mean +- std table (markdown).
         """
@@ -374,22 +225,22 @@ class CLI:
         from monai_moe_reg.metrics.registration import METRIC_NAMES
 
         out = Path(output)
-        _check_writable(out.parent if str(out.parent) else Path("."))
         pairs = load_pairs(datalist, section)
-        net, parser = load_bundle_network(bundle, checkpoint, device, allow_random=instance_opt > 0)
+        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda)
+        registrar = _registrar(bundle, checkpoint, device, network, overrides)
         rows = []
         for i, p in enumerate(pairs):
-            _, m = register_pair(net, parser, p["fixed_image"], p["moving_image"], p.get("fixed_label"),
-                                 p.get("moving_label"), instance_opt, lr, device, verbose=False, io_mode=io_mode,
-                                 io_lambda=io_lambda)
-            rows.append({"pair": _pair_name(p["moving_image"], p["fixed_image"]), **{k: m[k] for k in METRIC_NAMES}})
-            _say(f"[{i + 1}/{len(pairs)}] {rows[-1]['pair']}: dice {m['dice']:.4f}")
-        with open(out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["pair", *METRIC_NAMES])
-            writer.writeheader()
-            writer.writerows(rows)
+            result = registrar(p["fixed_image"], p["moving_image"], p.get("fixed_label"), p.get("moving_label"),
+                               affine=affine, instance_opt=enabled)
+            m = result.metrics
+            rows.append({"pair": _pair_name(p["moving_image"], p["fixed_image"]),
+                         **{k: m.get(k, float("nan")) for k in METRIC_NAMES}, "seconds": result.timings["total"]})
+            _say(f"[{i + 1}/{len(pairs)}] {rows[-1]['pair']}: dice {rows[-1]['dice']:.4f} "
+                 f"({result.timings['total']:.1f} s)")
+        _check_writable(out.parent if str(out.parent) else Path("."))
         table = _metric_table(rows)
-        out.with_name(out.stem + "_summary.md").write_text(table + "\n")
+        _write_text(out, _csv(rows, ["pair", *METRIC_NAMES, "seconds"]))
+        _write_text(out.with_name(out.stem + "_summary.md"), table + "\n")
         _say(table)
         return table
 
@@ -445,7 +296,11 @@ class CLI:
             checkpoint: weights (default BUNDLE/models/model.pt).
             size: cubic example size used for tracing; the traced module is checked against the eager one on it.
         """
-        net, parser = load_bundle_network(bundle, checkpoint)
+        from monai_moe_reg.bundles import bundle_config, bundle_root, load_network_weights
+
+        parser = bundle_config(bundle)
+        net = parser.get_parsed_content("network_def")
+        load_network_weights(net, checkpoint or bundle_root(bundle) / "models" / "model.pt", bundle)
         net.eval()
         dims = int(parser["network_def"].get("spatial_dims", 3))
         x = torch.rand(1, 2, *([int(size)] * dims))
@@ -454,7 +309,7 @@ class CLI:
             diff = float((traced(x) - net(x)).abs().max())
         if diff > 1e-3:
             raise RuntimeError(f"traced network differs from the eager one by {diff:.2e} voxels")
-        path = Path(output) if output else _bundle_root(bundle) / "models" / "model.ts"
+        path = Path(output) if output else bundle_root(bundle) / "models" / "model.ts"
         _check_writable(path.parent)
         traced.save(str(path))
         _say(f"wrote {path} (max difference to eager {diff:.1e} voxels at {size}^{dims})")
@@ -468,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     import fire
 
     warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         fire.Fire(CLI(), command=argv, name="monai-moe-reg")
     except (ValueError, OSError, KeyError, IndexError) as err:

@@ -12,7 +12,13 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["ddf_to_itk_displacement_field", "write_itk_displacement_field"]
+__all__ = [
+    "ddf_to_itk_displacement_field",
+    "ddf_to_lps_mm",
+    "write_itk_displacement_field",
+    "write_itk_displacement_nifti",
+    "write_itk_transform",
+]
 
 
 def ddf_to_itk_displacement_field(ddf: torch.Tensor, affine: torch.Tensor | np.ndarray):
@@ -45,3 +51,73 @@ def write_itk_displacement_field(ddf: torch.Tensor, affine, path: str | os.PathL
     import itk
 
     itk.imwrite(ddf_to_itk_displacement_field(ddf, affine), str(path))
+
+
+def _lps_steps(affine) -> tuple[np.ndarray, np.ndarray]:
+    """Column ``i``: the LPS mm vector of one voxel step along array axis ``i``; and the LPS position of voxel 0."""
+    ras = np.asarray(affine, dtype=np.float64)
+    dims = ras.shape[0] - 1
+    flip = np.diag([-1.0, -1.0] + [1.0] * (dims - 2) + [1.0])
+    lps = flip @ ras
+    return lps[:dims, :dims], lps[:dims, dims]
+
+
+def ddf_to_lps_mm(ddf: torch.Tensor, affine) -> np.ndarray:
+    """``(D, *S)`` displacement in voxels of a grid with RAS ``affine`` -> ``(D, *S)`` physical displacement in LPS mm
+    (float64), the unit of ITK/ANTs displacement fields."""
+    step, _ = _lps_steps(affine)
+    return np.einsum("ij,j...->i...", step, ddf.detach().cpu().double().numpy())
+
+
+def write_itk_displacement_nifti(ddf: torch.Tensor, affine, path: str | os.PathLike) -> None:
+    """The displacement field of :func:`ddf_to_itk_displacement_field` written as ITK/ANTs write one (a 5-D NIfTI
+    ``(X, Y, Z, 1, 3)``, intent *vector*, LPS mm values, the grid's RAS affine in the header) with nibabel, so
+    writing it does not load ITK (seconds of import time)."""
+    import nibabel as nib
+
+    phys = ddf_to_lps_mm(ddf, affine).astype(np.float32)
+    data = np.moveaxis(phys, 0, -1)[..., None, :]  # (X, Y, Z, 1, 3): NIfTI's vector layout
+    img = nib.Nifti1Image(np.ascontiguousarray(data), np.asarray(affine, dtype=np.float64))
+    img.header.set_intent("vector")
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def write_itk_transform(path: str | os.PathLike, fixed_affine, world_affine=None, ddf: torch.Tensor | None = None) -> None:
+    """An ITK transform file (HDF5, ``.h5``) that maps fixed-image points to moving-image points the way ITK, ANTs
+    (``antsApplyTransforms -t transform.h5``) and 3D Slicer expect: a composite of the affine ``world_affine``
+    (4x4, fixed world RAS mm -> moving world) and the displacement field ``ddf`` (``(3, *S)`` in voxels of the fixed
+    grid with RAS ``fixed_affine``); the field is applied to a point first, then the affine: ``q = A(p + d(p))``.
+
+    Written with h5py in ITK's HDF5 transform layout (``/TransformGroup/<i>/{TransformType, TransformParameters,
+    TransformFixedParameters}``; the composite's transforms follow it, the last one is applied first), so writing
+    does not load ITK. Only 3-D.
+    """
+    import h5py
+
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    world = np.eye(4) if world_affine is None else np.asarray(world_affine, dtype=np.float64)
+    lps = flip @ world @ flip
+    parts = [("AffineTransform_double_3_3", np.concatenate([lps[:3, :3].ravel(), lps[:3, 3]]), np.zeros(3))]
+    if ddf is not None:
+        if ddf.shape[0] != 3 or ddf.ndim != 4:
+            raise ValueError(f"write_itk_transform needs a 3-D DDF (3, X, Y, Z), got {tuple(ddf.shape)}.")
+        step, origin = _lps_steps(fixed_affine)
+        spacing = np.linalg.norm(step, axis=0)
+        direction = step / spacing
+        phys = ddf_to_lps_mm(ddf, fixed_affine)
+        params = np.ascontiguousarray(np.transpose(phys, (3, 2, 1, 0))).ravel()  # x fastest, vectors interleaved
+        fixed = np.concatenate([np.array(ddf.shape[1:], dtype=np.float64), origin, spacing, direction.ravel()])
+        parts.append(("DisplacementFieldTransform_double_3_3", params, fixed))
+    text = h5py.string_dtype("ascii")
+    with h5py.File(str(path), "w") as fh:
+        for key, value in (("HDFVersion", f"HDF5 library version: {h5py.version.hdf5_version}"),
+                           ("ITKVersion", "5.4.0"), ("OSName", "Linux"), ("OSVersion", "")):
+            fh.create_dataset(key, data=[value], dtype=text)
+        group = fh.create_group("TransformGroup")
+        group.create_group("0").create_dataset("TransformType", data=["CompositeTransform_double_3_3"], dtype=text)
+        for i, (name, params, fixed) in enumerate(parts, start=1):
+            g = group.create_group(str(i))
+            g.create_dataset("TransformType", data=[name], dtype=text)
+            g.create_dataset("TransformParameters", data=np.asarray(params, dtype=np.float64))
+            g.create_dataset("TransformFixedParameters", data=np.asarray(fixed, dtype=np.float64))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
-__all__ = ["label_channels", "dice_per_label", "hd95_mm", "assd_mm"]
+__all__ = ["label_channels", "dice_per_label", "hd95_mm", "assd_mm", "surface_distances_mm"]
 
 
 def label_channels(
@@ -79,3 +79,41 @@ def assd_mm(
     return compute_average_surface_distance(
         p, t, include_background=True, symmetric=True, spacing=_spacing(spacing, p.ndim - 2)
     )
+
+
+def surface_distances_mm(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    labels: Sequence[int] | None = None,
+    spacing: Sequence[float] | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`hd95_mm` and :func:`assd_mm` at once, ``(B, L)`` each, from one pair of distance transforms per label
+    computed on the labels' bounding box only (same definitions as MONAI: surface = mask minus its erosion; HD95 =
+    the larger of the two directed 95th percentiles). Several times faster on full-size scans, where the two MONAI
+    calls each transform the whole volume."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+
+    p, t, labels = label_channels(pred, target, labels)
+    dims = p.ndim - 2
+    sp = _spacing(spacing, dims)
+    hd = torch.full(p.shape[:2], float("nan"), dtype=torch.float64)
+    assd = hd.clone()
+    struct = generate_binary_structure(dims, 1)
+    for b in range(p.shape[0]):
+        for c in range(p.shape[1]):
+            pm, tm = p[b, c].numpy() > 0, t[b, c].numpy() > 0
+            if not pm.any() or not tm.any():
+                if pm.any() != tm.any():
+                    hd[b, c] = assd[b, c] = float("inf")
+                continue
+            box = np.argwhere(pm | tm)
+            lo, hi = np.maximum(box.min(0) - 2, 0), box.max(0) + 3
+            crop = tuple(slice(int(a), int(z)) for a, z in zip(lo, hi))
+            pm, tm = np.pad(pm[crop], 1), np.pad(tm[crop], 1)  # a margin so that masks touching the box edge erode
+            pe = pm ^ binary_erosion(pm, struct)
+            te = tm ^ binary_erosion(tm, struct)
+            d_pt = distance_transform_edt(~te, sampling=sp)[pe]
+            d_tp = distance_transform_edt(~pe, sampling=sp)[te]
+            hd[b, c] = max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
+            assd[b, c] = float(np.concatenate([d_pt, d_tp]).mean())
+    return hd, assd

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from monai_moe_reg.metrics.jacobian import nonpositive_jacobian_percent, sd_log_jacobian
-from monai_moe_reg.metrics.overlap import assd_mm, dice_per_label, hd95_mm
+from monai_moe_reg.metrics.overlap import dice_per_label, surface_distances_mm
 
 __all__ = ["METRIC_NAMES", "to_label_map", "registration_metrics", "summarize_metrics"]
 
@@ -52,8 +52,7 @@ def registration_metrics(
     if not labels:
         raise ValueError("the fixed label map is empty (no foreground label): cannot compute Dice/HD95/ASSD.")
     dice = dice_per_label(pred, gt, labels)
-    hd = hd95_mm(pred, gt, labels, spacing)
-    assd = assd_mm(pred, gt, labels, spacing)
+    hd, assd = surface_distances_mm(pred, gt, labels, spacing)
     for b, r in enumerate(rows):
         finite = lambda t: [float(v) for v in t[b].tolist() if np.isfinite(v)]  # noqa: E731
         r["dice"] = float(np.mean(finite(dice))) if finite(dice) else nan

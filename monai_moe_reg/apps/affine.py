@@ -1,0 +1,116 @@
+"""Affine pre-alignment of a pair in world coordinates (mm), on image pyramids.
+
+The transform maps fixed-world points to moving-world points: ``q = (I + L)(p - c) + c + t`` with ``c`` the fixed
+image's centre of mass; ``t`` starts at the difference of the two centres of mass (first moments) and ``L`` at zero;
+Adam then fits ``L`` and ``t`` level by level (coarse to fine) under an image similarity, sampling the original
+moving image through the transform (:func:`monai_moe_reg.apps.spatial.warp_through`). MONAI has no affine
+registration of two images (its ``AffineTransform`` block only applies one), hence this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from monai_moe_reg.apps.spatial import Grid, level_factors, pool_to, voxel_grid, warp_through
+
+__all__ = ["centre_of_mass", "affine_register", "AFFINE_MODES"]
+
+logger = logging.getLogger(__name__)
+
+AFFINE_MODES = ("on", "off", "only")
+
+
+def centre_of_mass(image: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """World position (mm, float64) of the intensity centre of mass of ``image`` ``(1, 1, *S)`` (values below zero
+    count as zero; an all-zero image gives the grid centre)."""
+    w = image[0, 0].clamp_min(0).double()
+    idx = voxel_grid(w.shape, device=w.device, dtype=torch.float64)
+    total = w.sum()
+    if total <= 0:
+        centre = torch.tensor([(n - 1) / 2 for n in w.shape], dtype=torch.float64)
+    else:
+        centre = (idx * w).flatten(1).sum(1).cpu() / total.cpu()
+    return grid.affine[:3, :3] @ centre + grid.affine[:3, 3]
+
+
+def _matrix(lin: torch.Tensor, shift: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(4, dtype=torch.float64, device=lin.device)
+    a = eye[:3, :3] + lin.double()
+    return torch.cat([torch.cat([a, (centre - a @ centre + shift.double()).view(3, 1)], 1), eye[3:]], 0)
+
+
+def affine_register(
+    fixed: torch.Tensor,
+    fixed_grid: Grid,
+    moving: torch.Tensor,
+    moving_grid: Grid,
+    similarity: nn.Module,
+    levels: Sequence[float] = (4, 2),
+    steps: Sequence[int] | int = 100,
+    lr: float = 0.01,
+    shift_scale_mm: float = 10.0,
+    tol: float = 1e-4,
+    patience: int = 10,
+) -> torch.Tensor:
+    """Fit the affine transform from fixed world to moving world.
+
+    Args:
+        fixed, moving: ``(1, 1, *S)`` images on their own grids, intensities scaled for ``similarity``.
+        fixed_grid, moving_grid: their grids.
+        similarity: ``(warped, fixed) -> scalar`` loss (MSE / LNCC within a modality, MI across).
+        levels: coarsening of each level, in multiples of the fixed image's finest spacing (4 = 4 mm for a 1 mm
+            scan), coarse to fine.
+        steps: Adam steps per level (one number for all, or one per level).
+        lr: Adam learning rate of the linear part (``L``) and of ``t / shift_scale_mm``.
+        shift_scale_mm: the translation is optimised in units of this many mm.
+        tol, patience: a level stops when the loss of the last ``patience`` steps improved by less than ``tol``
+            (relative) over the ``patience`` before.
+
+    Returns:
+        ``(4, 4)`` float64 matrix, fixed world (RAS mm) -> moving world.
+    """
+    steps = [int(steps)] * len(levels) if isinstance(steps, int) else [int(s) for s in steps]
+    if len(steps) != len(levels):
+        raise ValueError(f"affine: {len(levels)} levels but {len(steps)} step counts.")
+    device = fixed.device
+    centre = centre_of_mass(fixed, fixed_grid)
+    start = centre_of_mass(moving, moving_grid) - centre
+    lin = nn.Parameter(torch.zeros(3, 3, dtype=torch.float32, device=device))
+    shift = nn.Parameter((start / shift_scale_mm).float().to(device))
+    opt = torch.optim.Adam([lin, shift], lr=lr)
+    base = min(fixed_grid.spacing)
+    for level, n_steps in zip(levels, steps):
+        ff = level_factors(fixed_grid, level * base)
+        fm = level_factors(moving_grid, level * base)
+        fix_l, grid_fl = pool_to(fixed, ff), fixed_grid.coarsen(ff)
+        mov_l, grid_ml = pool_to(moving, fm), moving_grid.coarsen(fm)
+        to_fixed = grid_fl.affine.to(device)
+        from_moving = torch.linalg.inv(grid_ml.affine).to(device)
+        history: list[float] = []
+        for _ in range(n_steps):
+            m = _matrix(lin, shift * shift_scale_mm, centre.to(device))
+            warped = warp_through(mov_l, from_moving @ m @ to_fixed, grid_fl.shape)
+            loss = similarity(warped, fix_l)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+            if _converged(history, tol, patience):
+                break
+        logger.info("affine level %s (%s voxels): %d steps, loss %.5f", level, grid_fl.shape, len(history), history[-1])
+    with torch.no_grad():
+        return _matrix(lin.cpu(), shift.cpu() * shift_scale_mm, centre)
+
+
+def _converged(history: Sequence[float], tol: float, patience: int) -> bool:
+    """The mean loss of the last ``patience`` steps improved by less than ``tol`` (relative) on the ``patience``
+    steps before."""
+    if patience <= 0 or len(history) < 2 * patience:
+        return False
+    last = sum(history[-patience:]) / patience
+    before = sum(history[-2 * patience : -patience]) / patience
+    return (before - last) < tol * max(abs(before), 1e-12)

@@ -1,0 +1,435 @@
+"""One registration pipeline for a pair of scans, built from a bundle: load -> intensity scaling -> affine ->
+network -> instance optimisation -> warp -> metrics -> files.
+
+Everything a step needs comes from the bundle's ``configs/inference.json``: ``network_def`` and its checkpoint, the
+intensity modes, and the ``registration`` section (the network's working spacing, the affine stage and the
+multi-resolution instance optimisation with its similarity, regularisation weight and schedule). The CLI
+(``monai-moe-reg register`` / ``evaluate``) and the benchmarks call it; nothing here prints (it logs).
+
+Coordinates: every image keeps its own grid and affine (MONAI MetaTensor, RAS mm). The result maps each fixed voxel
+``i`` to the moving world point ``T(x(i + u_d(i)))`` (``x``: fixed voxel -> world, ``T``: the affine stage, ``u_d``:
+the deformable part in fixed voxels), and the *original* moving image is sampled there once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from monai_moe_reg.apps.affine import AFFINE_MODES, affine_register
+from monai_moe_reg.apps.deformable import compose, optimise_pyramid
+from monai_moe_reg.apps.spatial import Grid, level_factors, map_points, pool_to, resample_field, voxel_grid, warp_through
+
+__all__ = ["Registrar", "RegistrationResult", "load_scan", "NETWORK_MODES"]
+
+logger = logging.getLogger(__name__)
+
+NETWORK_MODES = ("auto", "on", "off")
+
+
+def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: bool = False):
+    """A scan as a MONAI MetaTensor ``(1, *S)`` (float32; labels rounded to int64) with its RAS affine, or a
+    ``ValueError``/``FileNotFoundError`` naming the file and the problem."""
+    from monai.transforms import LoadImage
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} '{path}' does not exist.")
+    try:
+        img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    except Exception as err:  # noqa: BLE001 - readers raise many types for a non-image
+        raise ValueError(f"{what} '{path}' is not an image ITK or nibabel can read.") from err
+    if img.ndim - 1 != spatial_dims:
+        raise ValueError(
+            f"{what} '{path}' is {img.ndim - 1}-D {tuple(img.shape[1:])} but this bundle registers {spatial_dims}-D "
+            "images."
+        )
+    if img.shape[0] != 1 and not label:
+        raise ValueError(f"{what} '{path}' has {img.shape[0]} components per voxel; give a single-channel scan.")
+    if min(img.shape[1:]) < 2:
+        raise ValueError(f"{what} '{path}' is {tuple(img.shape[1:])}: too small to register (at least 2 voxels per axis).")
+    if not torch.isfinite(img).all():
+        raise ValueError(f"{what} '{path}' contains NaN or Inf voxels; fill or mask them first.")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise ValueError(f"{what} '{path}' has a degenerate voxel-to-world affine (zero or singular); fix its header.")
+    if label:
+        if img.shape[0] > 1:  # multi-channel binary maps -> one integer map (channel c -> label c + 1)
+            from monai_moe_reg.metrics.registration import to_label_map
+
+            img = img.new_tensor(to_label_map(img.as_tensor()[None].float())[0]) if hasattr(img, "as_tensor") else img
+        if (img < 0).any():
+            raise ValueError(f"{what} '{path}' has negative values; label maps hold ids >= 0 (0 = background).")
+        if not (img > 0).any():
+            raise ValueError(f"{what} '{path}' is empty (no foreground voxel).")
+        return img.round().long()
+    return img.float()
+
+
+def _grid(img) -> Grid:
+    return Grid(tuple(int(s) for s in img.shape[1:]), torch.as_tensor(np.asarray(img.affine), dtype=torch.float64))
+
+
+@dataclass
+class RegistrationResult:
+    """What :class:`Registrar` returns for one pair (all on the fixed grid, CPU tensors).
+
+    Attributes:
+        fixed: the fixed scan ``(1, *S)`` MetaTensor (its affine is the output affine).
+        warped_image: ``(1, *S)`` the moving scan (original intensities) resampled onto the fixed grid.
+        warped_label: ``(1, *S)`` int64 or ``None``.
+        ddf: ``(3, *S)`` total displacement (affine + deformable) in fixed voxels, MONAI ``Warp`` convention (it
+            warps the moving scan resampled onto the fixed grid).
+        deformable: ``(3, *S)`` the deformable part alone, in fixed voxels.
+        world_affine: ``(4, 4)`` fixed world -> moving world (RAS mm) of the affine stage.
+        metrics: Dice/HD95/ASSD (mm) with both labels, %|J|<=0, SD log J, unregistered Dice.
+        timings: seconds per stage.
+    """
+
+    fixed: torch.Tensor
+    warped_image: torch.Tensor
+    warped_label: torch.Tensor | None
+    ddf: torch.Tensor
+    deformable: torch.Tensor
+    world_affine: torch.Tensor
+    metrics: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    moving_image: torch.Tensor | None = None
+
+
+class Registrar:
+    """Register pairs of scans with a bundle's network, affine stage and instance optimisation.
+
+    Args:
+        network: a registration network ``net(cat([moving, fixed])) -> ddf`` or ``None`` (affine + instance
+            optimisation only).
+        registration: the bundle's ``registration`` section, parsed (``network_spacing``, ``affine`` and
+            ``instance_optimisation`` dicts whose ``similarity`` is a loss module).
+        moving_intensity, fixed_intensity: intensity modes of :func:`monai_moe_reg.data.transforms.intensity_transform`.
+        device: where the network and the optimisation run.
+        spatial_dims: 3 (2 for 2-D bundles).
+
+    Example::
+
+        registrar = Registrar.from_bundle("bundles/shmoareg")
+        result = registrar("fixed.nii.gz", "moving.nii.gz", moving_label="atlas_seg.nii.gz")
+        registrar.write(result, "out/atlas_to_subject")
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | None,
+        registration: Mapping,
+        moving_intensity: str = "minmax",
+        fixed_intensity: str = "minmax",
+        device: str | torch.device = "cpu",
+        spatial_dims: int = 3,
+    ) -> None:
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval() if network is not None else None
+        self.config = dict(registration)
+        for key in ("affine", "instance_optimisation"):
+            if not isinstance(self.config.get(key), Mapping) or "similarity" not in self.config[key]:
+                raise ValueError(f"the bundle's registration section needs '{key}' with a 'similarity' loss.")
+        self.moving_intensity, self.fixed_intensity = moving_intensity, fixed_intensity
+        self.spatial_dims = spatial_dims
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: str | os.PathLike,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        network: str = "auto",
+        overrides: Mapping | None = None,
+    ) -> Registrar:
+        """Build from a bundle folder (or name): ``network="auto"`` loads ``checkpoint`` (default
+        ``<bundle>/models/model.pt``) when it exists and otherwise registers without the network (logged);
+        ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
+        bundle's ``registration`` section (e.g. ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
+        from monai_moe_reg.bundles import bundle_config, load_network_weights
+
+        if network not in NETWORK_MODES:
+            raise ValueError(f"network must be one of {NETWORK_MODES}, got {network!r}.")
+        parser = bundle_config(bundle, "inference.json")
+        if "registration" not in parser:
+            raise ValueError(f"bundle '{bundle}' has no 'registration' section in configs/inference.json.")
+        for key, value in (overrides or {}).items():
+            if isinstance(value, Mapping):
+                for sub, v in value.items():
+                    parser[f"registration::{key}::{sub}"] = v
+            else:
+                parser[f"registration::{key}"] = value
+        net = None
+        if network != "off":
+            path = Path(checkpoint) if checkpoint else Path(parser["bundle_root"]) / "models" / "model.pt"
+            if path.is_file() or checkpoint or network == "on":
+                net = parser.get_parsed_content("network_def")
+                load_network_weights(net, path, bundle)
+            else:
+                logger.warning("no trained weights at %s: registering with the affine stage and instance optimisation "
+                               "from the identity (train the bundle or pass a checkpoint to start from the network)",
+                               path)
+        return cls(
+            net,
+            parser.get_parsed_content("registration"),
+            moving_intensity=parser["moving_intensity"],
+            fixed_intensity=parser["fixed_intensity"],
+            device=device,
+            spatial_dims=int(parser["network_def"].get("spatial_dims", 3)),
+        )
+
+    # ------------------------------------------------------------------ steps
+    def _scaled(self, img, mode: str) -> torch.Tensor:
+        from monai_moe_reg.data.transforms import intensity_transform
+
+        t = intensity_transform("image", mode)
+        out = t({"image": img})["image"] if t is not None else img
+        out = out.as_tensor() if hasattr(out, "as_tensor") else out
+        return out[None].float().to(self.device)
+
+    def _network_ddf(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
+                     world: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        """The network's DDF on its working grid (the fixed grid pooled to ``network_spacing`` mm), run on the
+        affine-aligned pair."""
+        spacing = self.config.get("network_spacing")
+        ff = level_factors(fixed_grid, float(spacing), min_size=1) if spacing else (1,) * self.spatial_dims
+        fm = level_factors(moving_grid, float(spacing), min_size=1) if spacing else (1,) * self.spatial_dims
+        grid = fixed_grid.coarsen(ff)
+        matrix = torch.linalg.inv(moving_grid.coarsen(fm).affine) @ world @ grid.affine
+        mov = warp_through(pool_to(moving, fm), matrix.to(self.device), grid.shape)
+        with torch.no_grad():
+            ddf = self.network(torch.cat([mov, pool_to(fixed, ff)], dim=1)).float()
+        return ddf, grid
+
+    def __call__(
+        self,
+        fixed,
+        moving,
+        fixed_label=None,
+        moving_label=None,
+        affine: str = "on",
+        instance_opt: bool = True,
+        progress: bool = False,
+    ) -> RegistrationResult:
+        """Register ``moving`` to ``fixed`` (file paths or ``(1, *S)`` MetaTensors with affines).
+
+        ``moving_label`` alone is warped (atlas segmentation); with ``fixed_label`` too, Dice/HD95/ASSD are
+        computed. ``affine``: ``"on"`` (affine, then deformable), ``"off"`` (identity start), ``"only"`` (no
+        deformable stage). ``instance_opt=False`` keeps the network's DDF as it is.
+        """
+        if affine not in AFFINE_MODES:
+            raise ValueError(f"affine must be one of {AFFINE_MODES}, got {affine!r}.")
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
+        dims = self.spatial_dims
+        fix = fixed if isinstance(fixed, torch.Tensor) else load_scan(fixed, "fixed image", dims)
+        mov = moving if isinstance(moving, torch.Tensor) else load_scan(moving, "moving image", dims)
+        labels = {}
+        for key, lab in (("fixed", fixed_label), ("moving", moving_label)):
+            if lab is not None:
+                labels[key] = lab if isinstance(lab, torch.Tensor) else load_scan(lab, f"{key} label", dims, label=True)
+        if "fixed" in labels and "moving" not in labels:
+            raise ValueError("a fixed label alone cannot be compared: give the moving label too (or only the moving "
+                             "label, to warp it onto the fixed scan).")
+        fixed_grid, moving_grid = _grid(fix), _grid(mov)
+        f_s, m_s = self._scaled(fix, self.fixed_intensity), self._scaled(mov, self.moving_intensity)
+        times["load"] = time.perf_counter() - t0
+
+        t = time.perf_counter()
+        world = torch.eye(4, dtype=torch.float64)
+        if affine != "off":
+            cfg = self.config["affine"]
+            world = affine_register(f_s, fixed_grid, m_s, moving_grid, cfg["similarity"],
+                                    levels=cfg.get("levels", (4, 2)), steps=cfg.get("steps", 100),
+                                    lr=cfg.get("lr", 0.01), tol=cfg.get("tol", 1e-4), patience=cfg.get("patience", 10))
+        times["affine"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        initial = None
+        if self.network is not None and affine != "only":
+            initial = self._network_ddf(f_s, fixed_grid, m_s, moving_grid, world)
+        times["network"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        residual = None
+        cfg = self.config["instance_optimisation"]
+        if instance_opt and affine != "only":
+            w, w_grid, info = optimise_pyramid(
+                f_s, fixed_grid, m_s, moving_grid, world, cfg["similarity"], lambda_reg=cfg.get("lambda_reg", 1.0),
+                levels=cfg.get("levels", (4, 2)), steps=cfg.get("steps", 100), lr=cfg.get("lr", 0.5),
+                smoothing=cfg.get("smoothing", 1), diffeomorphic=cfg.get("diffeomorphic", False),
+                integration_steps=cfg.get("integration_steps", 5), initial=initial, tol=cfg.get("tol", 1e-4),
+                patience=cfg.get("patience", 10), progress=progress)
+            residual = resample_field(w, w_grid, fixed_grid)
+            times["io_steps"] = info["steps"]
+        with torch.no_grad():
+            u0 = resample_field(initial[0], initial[1], fixed_grid) if initial is not None else None
+            if residual is None:
+                deformable = u0 if u0 is not None else torch.zeros(1, dims, *fixed_grid.shape, device=self.device)
+            else:
+                deformable = compose(residual, u0)
+        times["instance_optimisation"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        with torch.no_grad():
+            to_moving = torch.linalg.inv(moving_grid.affine) @ world @ fixed_grid.affine
+            raw = mov.as_tensor()[None].float().to(self.device) if hasattr(mov, "as_tensor") else mov[None].float()
+            warped = warp_through(raw, to_moving, fixed_grid.shape, deformable)[0].cpu()
+            warped_label = None
+            if "moving" in labels:
+                lab = labels["moving"]
+                lab_grid = _grid(lab)
+                m = torch.linalg.inv(lab_grid.affine) @ world @ fixed_grid.affine
+                warped_label = _warp_label(lab, m, fixed_grid.shape, deformable)
+            # total displacement in fixed voxels: i -> x^-1 T x (i + u_d(i))
+            in_fixed = torch.linalg.inv(fixed_grid.affine) @ world @ fixed_grid.affine
+            base = voxel_grid(fixed_grid.shape, device=self.device)[None]
+            total = map_points(in_fixed.to(self.device), base + deformable) - base
+        times["warp"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        metrics = self._metrics(total.cpu(), warped_label, labels, fixed_grid)
+        times["metrics"] = time.perf_counter() - t
+        times["total"] = time.perf_counter() - t0
+        return RegistrationResult(
+            fixed=fix, warped_image=warped, warped_label=warped_label, ddf=total[0].cpu(),
+            deformable=deformable[0].cpu(), world_affine=world, metrics=metrics, timings=times, moving_image=mov,
+        )
+
+    @staticmethod
+    def _metrics(total: torch.Tensor, warped_label, labels: dict, fixed_grid: Grid) -> dict:
+        """%|J|<=0 and SD log J of the total map; with both labels also Dice, HD95/ASSD (mm) and the Dice of the
+        pair before registration (labels resampled through their headers, no transform)."""
+        from monai_moe_reg.metrics.registration import registration_metrics
+
+        if "fixed" not in labels:
+            row = registration_metrics(total)[0]
+            return {k: row[k] for k in ("folding_percent", "sdlogj")}
+        shape, spacing = fixed_grid.shape, fixed_grid.spacing
+        on_fixed = {k: _warp_label(v, torch.linalg.inv(_grid(v).affine) @ fixed_grid.affine, shape, None)
+                    for k, v in labels.items()}
+        row = registration_metrics(total, warped_label[None], on_fixed["fixed"][None], spacing)[0]
+        zero = torch.zeros(1, total.shape[1], *([2] * (total.ndim - 2)))
+        row["dice_unregistered"] = registration_metrics(zero, on_fixed["moving"][None], on_fixed["fixed"][None],
+                                                        spacing)[0]["dice"]
+        row["labels"] = sorted(int(v) for v in torch.unique(on_fixed["fixed"]) if v != 0)
+        return row
+
+    # ------------------------------------------------------------------ files
+    @staticmethod
+    def write(result: RegistrationResult, folder: str | os.PathLike, extra_files: Mapping[str, str] | None = None,
+              png: bool = True) -> Path:
+        """Write ``result`` into ``folder`` on the fixed grid and affine: ``warped_image``, ``warped_label`` (if
+        any), ``ddf`` (total, fixed voxels), ``ddf_itk`` (total, LPS mm, as ITK/ANTs write displacement fields),
+        ``jacobian`` (``.nii.gz``), ``transform.h5`` (ITK composite: the affine and the deformable field, applied by
+        ``antsApplyTransforms``, ITK and 3D Slicer to the *original* moving scan), ``metrics.json``/``.csv`` and
+        ``overview.png``. Files are staged in a folder of this run's own beside ``folder`` and published with a
+        rename only when all are written; a failure leaves nothing new."""
+        import json
+
+        import nibabel as nib
+
+        from monai_moe_reg.data.displacement_io import write_itk_displacement_nifti, write_itk_transform
+        from monai_moe_reg.metrics.jacobian import jacobian_determinant
+
+        final = Path(folder)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+        try:
+            affine = np.asarray(result.fixed.affine, dtype=np.float64)
+            label = result.warped_label
+            arrays = {
+                "warped_image": result.warped_image[0].numpy().astype(np.float32),
+                "ddf": result.ddf.movedim(0, -1).numpy().astype(np.float32),
+                "jacobian": jacobian_determinant(result.ddf[None])[0].numpy().astype(np.float32),
+            }
+            if label is not None:
+                dtype = np.int16 if int(label.max()) <= np.iinfo(np.int16).max else np.int32
+                arrays["warped_label"] = label[0].numpy().astype(dtype)
+            for key, arr in arrays.items():
+                nib.save(nib.Nifti1Image(arr, affine), str(stage / f"{key}.nii.gz"))
+            write_itk_displacement_nifti(result.ddf, affine, stage / "ddf_itk.nii.gz")
+            if result.ddf.shape[0] == 3:
+                write_itk_transform(stage / "transform.h5", affine, result.world_affine, result.deformable)
+            metrics = dict(result.metrics)
+            (stage / "metrics.json").write_text(json.dumps({**metrics, "seconds": result.timings}, indent=1))
+            keys = [k for k in metrics if k != "labels"]
+            (stage / "metrics.csv").write_text(",".join(keys) + "\n" + ",".join(f"{metrics[k]:.6f}" for k in keys) + "\n")
+            for name, text in (extra_files or {}).items():
+                (stage / name).write_text(text)
+            if png:
+                _overview(result, stage / "overview.png")
+            _publish(stage, final)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return final
+
+
+def _warp_label(label: torch.Tensor, matrix: torch.Tensor, shape, ddf: torch.Tensor | None) -> torch.Tensor:
+    """Nearest-neighbour resampling of an integer label map ``(1, *S)`` (exact for any id: done in float64)."""
+    raw = label.as_tensor() if hasattr(label, "as_tensor") else label
+    device = ddf.device if ddf is not None else "cpu"
+    out = warp_through(raw[None].double().to(device), matrix.to(device), shape, ddf, mode="nearest")
+    return out[0].round().long().cpu()
+
+
+def _publish(stage: Path, final: Path) -> None:
+    """Rename ``stage`` to ``final``; an existing ``final`` is moved aside first and removed after."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        os.rmdir(old)
+        final.replace(old)
+    stage.replace(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _overview(result: RegistrationResult, path: Path) -> None:
+    """Fixed, warped, their difference and the deformed grid on the middle slice of axis 2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fixed = result.fixed.as_tensor()[0] if hasattr(result.fixed, "as_tensor") else result.fixed[0]
+    warped = result.warped_image[0]
+    k = fixed.shape[-1] // 2
+
+    def norm(t):
+        t = t.float()
+        return (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+
+    f, w = norm(fixed[..., k]), norm(warped[..., k])
+    u = result.deformable[:2, :, :, k] if result.deformable.ndim == 4 else result.deformable[:2]
+    panels = [("fixed", f), ("warped moving", w), ("|fixed - warped|", (f - w).abs())]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    for ax, (title, img) in zip(axes, panels):
+        ax.imshow(img.numpy().T, cmap="gray", origin="lower")
+        ax.set_title(title)
+        ax.axis("off")
+    step = max(4, min(u.shape[1:]) // 16)
+    ys, xs = np.meshgrid(np.arange(u.shape[1]), np.arange(u.shape[2]), indexing="ij")
+    px, py = ys + u[0].numpy(), xs + u[1].numpy()
+    ax = axes[3]
+    for i in range(0, u.shape[1], step):
+        ax.plot(px[i, :], py[i, :], "k", lw=0.5)
+    for j in range(0, u.shape[2], step):
+        ax.plot(px[:, j], py[:, j], "k", lw=0.5)
+    ax.set_title("deformable grid")
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
