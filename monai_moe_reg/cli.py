@@ -35,9 +35,9 @@ def _describe(img) -> str:
     return f"shape {tuple(img.shape[1:])}, spacing {tuple(round(s, 3) for s in spacing)} mm, orientation {axcodes}"
 
 
-def _io_overrides(instance_opt, lr, io_lambda) -> tuple[bool, dict]:
-    """``--instance-opt`` (true/false, or N steps per level), ``--lr`` and ``--io-lambda`` as overrides of the
-    bundle's ``registration::instance_optimisation`` section."""
+def _io_overrides(instance_opt, lr, io_lambda, diffeomorphic=None) -> tuple[bool, dict]:
+    """``--instance-opt`` (true/false, or N steps per level), ``--lr``, ``--io-lambda`` and ``--diffeomorphic`` as
+    overrides of the bundle's ``registration::instance_optimisation`` section."""
     if isinstance(instance_opt, bool) or instance_opt is None:
         enabled, steps = bool(instance_opt), None
     elif isinstance(instance_opt, int) and not isinstance(instance_opt, bool):
@@ -57,6 +57,10 @@ def _io_overrides(instance_opt, lr, io_lambda) -> tuple[bool, dict]:
         if not isinstance(io_lambda, (int, float)) or io_lambda < 0:
             raise ValueError(f"--io-lambda must be a number >= 0 (lambda_reg >= 0), got {io_lambda!r}.")
         io["lambda_reg"] = float(io_lambda)
+    if diffeomorphic is not None:
+        if not isinstance(diffeomorphic, bool):
+            raise ValueError(f"--diffeomorphic takes true or false, got {diffeomorphic!r}.")
+        io["diffeomorphic"] = diffeomorphic
     return enabled, ({"instance_optimisation": io} if io else {})
 
 
@@ -130,6 +134,7 @@ class CLI:
         instance_opt=True,
         lr: float | None = None,
         io_lambda: float | None = None,
+        diffeomorphic: bool | None = None,
         device: str = "cpu",
     ) -> str:
         """Register MOVING to FIXED and write the results on the fixed image's grid and affine.
@@ -155,6 +160,8 @@ class CLI:
             instance_opt: true (the bundle's schedule; default), false (network only), or N steps per level.
             lr: instance-optimisation Adam learning rate (default: the bundle's).
             io_lambda: instance-optimisation regularisation weight (default: the bundle's lambda_reg).
+            diffeomorphic: true: optimise a stationary velocity integrated by scaling and squaring (cannot fold;
+                slower); default: the bundle's setting.
             device: cpu, cuda or cuda:N.
         Returns:
             The folder written.
@@ -169,7 +176,7 @@ class CLI:
         out_dir = Path(str(output))
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"output folder '{out_dir}' exists and is not a folder.")
-        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda)
+        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
         fix = load_scan(fixed, "fixed image", registrar.spatial_dims)
         mov = load_scan(moving, "moving image", registrar.spatial_dims)
@@ -201,6 +208,7 @@ class CLI:
         instance_opt=True,
         lr: float | None = None,
         io_lambda: float | None = None,
+        diffeomorphic: bool | None = None,
         device: str = "cpu",
     ) -> str:
         """Metrics of the bundle's registration pipeline over a datalist section: one CSV row per pair and a
@@ -217,6 +225,7 @@ class CLI:
             instance_opt: true (the bundle's schedule), false, or N steps per level.
             lr: instance-optimisation learning rate (default: the bundle's).
             io_lambda: instance-optimisation regularisation weight (default: the bundle's).
+            diffeomorphic: true/false: velocity-field instance optimisation (default: the bundle's).
             device: cpu, cuda or cuda:N.
         Returns:
             The mean +- std table (markdown).
@@ -226,7 +235,7 @@ class CLI:
 
         out = Path(output)
         pairs = load_pairs(datalist, section)
-        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda)
+        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
         rows = []
         for i, p in enumerate(pairs):

@@ -1,0 +1,168 @@
+"""The registration pipeline (monai_moe_reg.apps): grids, affine stage, multi-resolution instance optimisation,
+transform files, atlas segmentation and atomic publishing, on small synthetic volumes."""
+
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from monai_moe_reg.apps.affine import affine_register
+from monai_moe_reg.apps.deformable import optimise_pyramid
+from monai_moe_reg.apps.registration import Registrar
+from monai_moe_reg.apps.spatial import Grid, resample_field, warp_through
+from monai_moe_reg.data import synthetic_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+SHMOAREG = ROOT / "bundles" / "shmoareg"
+
+
+def _rotation(deg: float, shift) -> torch.Tensor:
+    a = math.radians(deg)
+    m = torch.eye(4, dtype=torch.float64)
+    m[:2, :2] = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    m[:3, 3] = torch.tensor(shift, dtype=torch.float64)
+    return m
+
+
+def _scan(array, affine) -> MetaTensor:
+    return MetaTensor(torch.as_tensor(array)[None].float(), affine=torch.as_tensor(affine, dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def blob():
+    pair = synthetic_pair((48, 48, 48), max_disp=0.0, seed=3)
+    return pair["fixed_image"][0], pair["fixed_label"][0]
+
+
+def test_resample_field_between_a_level_and_the_full_grid_is_exact_for_linear_fields():
+    full = Grid((12, 10, 8), torch.diag(torch.tensor([1.5, 1.0, 2.0, 1.0], dtype=torch.float64)))
+    level = full.coarsen((2, 2, 2))
+    idx = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in level.shape], indexing="ij"))
+    ddf = (0.1 * idx + 0.3)[None]  # linear in level voxels
+    back = resample_field(ddf, level, full)
+    # the same physical displacement: level voxel steps are 2 full voxels
+    probe = resample_field(back, full, level)
+    assert torch.allclose(probe[..., 1:-1, 1:-1, 1:-1], ddf[..., 1:-1, 1:-1, 1:-1], atol=1e-4)
+
+
+def test_affine_stage_recovers_a_20_degree_rotation_and_15_mm_shift(blob):
+    image, _ = blob
+    fixed_affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64))
+    fixed_affine[:3, 3] = -47.0  # centred
+    truth = _rotation(20.0, (15.0, -6.0, 4.0))  # fixed world -> moving world
+    grid = Grid((48, 48, 48), fixed_affine)
+    # the moving scan: the fixed anatomy seen through the inverse transform, on the same grid
+    moving = warp_through(image[None, None], torch.linalg.inv(fixed_affine) @ torch.linalg.inv(truth) @ fixed_affine,
+                          grid.shape)
+    found = affine_register(image[None, None], grid, moving, grid, torch.nn.MSELoss(), levels=(4, 2), steps=(150, 80),
+                            lr=0.02)
+    err = torch.linalg.inv(truth) @ found
+    angle = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(err[:3, :3])) - 1) / 2))))
+    assert angle < 1.5, found
+    centre = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    assert float((found @ centre - truth @ centre)[:3].norm()) < 1.5, found
+
+
+def test_pyramid_instance_optimisation_recovers_a_deformation_without_folding():
+    pair = synthetic_pair((40, 40, 40), max_disp=4.0, seed=5)
+    grid = Grid((40, 40, 40), torch.eye(4, dtype=torch.float64))
+    fixed, moving = pair["fixed_image"][None].float(), pair["moving_image"][None].float()
+    before = torch.nn.functional.mse_loss(moving, fixed)
+    for diffeomorphic in (False, True):
+        w, w_grid, info = optimise_pyramid(fixed, grid, moving, grid, torch.eye(4, dtype=torch.float64),
+                                           torch.nn.MSELoss(), lambda_reg=0.05, levels=(2, 1), steps=(60, 40), lr=0.3,
+                                           diffeomorphic=diffeomorphic, integration_steps=5)
+        ddf = resample_field(w, w_grid, grid)
+        after = torch.nn.functional.mse_loss(warp_through(moving, torch.eye(4), grid.shape, ddf), fixed)
+        assert after < 0.5 * before, (diffeomorphic, before, after)
+        from monai_moe_reg.metrics import nonpositive_jacobian_percent
+
+        assert float(nonpositive_jacobian_percent(ddf)) < 0.05
+        assert len(info["steps"]) == 2
+
+
+def _files(tmp_path, pair, moving_affine=None):
+    fixed_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    out = {}
+    for key in ("fixed_image", "fixed_label", "moving_image", "moving_label"):
+        arr = pair[key][0].numpy()
+        arr = arr.astype(np.int32) if "label" in key else arr.astype(np.float32)
+        aff = moving_affine if key.startswith("moving") and moving_affine is not None else fixed_affine
+        out[key] = str(tmp_path / f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(arr, aff), out[key])
+    return out
+
+
+@pytest.fixture(scope="module")
+def registrar():
+    return Registrar.from_bundle(SHMOAREG, network="off",
+                                 overrides={"instance_optimisation": {"steps": [30, 20]}, "affine": {"steps": [40, 20]}})
+
+
+def test_atlas_segmentation_with_a_moving_label_alone(registrar, tmp_path):
+    pair = synthetic_pair((32, 32, 32), max_disp=3.0, seed=2)
+    files = _files(tmp_path, pair)
+    result = registrar(files["fixed_image"], files["moving_image"], moving_label=files["moving_label"])
+    assert result.warped_label is not None and result.warped_label.shape == (1, 32, 32, 32)
+    assert "dice" not in result.metrics and "sdlogj" in result.metrics
+    folder = Registrar.write(result, tmp_path / "out" / "atlas")
+    assert (folder / "warped_label.nii.gz").is_file() and (folder / "transform.h5").is_file()
+    with pytest.raises(ValueError, match="moving label"):
+        registrar(files["fixed_image"], files["moving_image"], fixed_label=files["fixed_label"])
+
+
+def test_label_ids_above_int16_survive(registrar, tmp_path):
+    pair = synthetic_pair((32, 32, 32), max_disp=2.0, seed=4)
+    pair["moving_label"] = pair["moving_label"] * 20000  # ids 20000, 40000, ...
+    files = _files(tmp_path, pair)
+    result = registrar(files["fixed_image"], files["moving_image"], moving_label=files["moving_label"], affine="off")
+    folder = Registrar.write(result, tmp_path / "out" / "big_ids", png=False)
+    ids = set(np.unique(np.asarray(nib.load(str(folder / "warped_label.nii.gz")).dataobj)).tolist())
+    assert ids <= set(np.unique(pair["moving_label"].numpy()).tolist()) and max(ids) >= 40000
+
+
+def test_transform_h5_applied_by_itk_to_the_original_moving_file_reproduces_our_warp(registrar, tmp_path):
+    """Moving stored with another size, spacing and orientation than the fixed scan, and shifted + rotated."""
+    import itk
+
+    pair = synthetic_pair((32, 32, 32), max_disp=3.0, seed=8)
+    moving_affine = np.array([[0.0, -2.5, 0.0, 40.0], [1.6, 0.0, 0.0, -3.0], [0.0, 0.0, 2.0, 5.0], [0, 0, 0, 1.0]])
+    files = _files(tmp_path, pair, moving_affine)
+    result = registrar(files["fixed_image"], files["moving_image"], files["fixed_label"], files["moving_label"])
+    folder = Registrar.write(result, tmp_path / "out" / "grids")
+    transform = itk.transformread(str(folder / "transform.h5"))[0]
+    fixed = itk.imread(files["fixed_image"], itk.F)
+    warped = itk.resample_image_filter(itk.imread(files["moving_image"], itk.F), transform=transform,
+                                       use_reference_image=True, reference_image=fixed)
+    theirs = np.transpose(itk.array_from_image(warped), (2, 1, 0)).ravel()
+    ours = nib.load(str(folder / "warped_image.nii.gz")).get_fdata().ravel()
+    assert np.corrcoef(ours, theirs)[0, 1] > 0.99
+    # and the total displacement field written for ITK/ANTs gives the same image
+    field = itk.imread(str(folder / "ddf_itk.nii.gz"))
+    warped2 = itk.warp_image_filter(itk.imread(files["moving_image"], itk.F), displacement_field=field,
+                                    output_parameters_from_image=fixed)
+    theirs2 = np.transpose(itk.array_from_image(warped2), (2, 1, 0)).ravel()
+    assert np.corrcoef(ours, theirs2)[0, 1] > 0.99
+
+
+def test_publishing_is_atomic_and_a_failure_leaves_nothing(registrar, tmp_path, monkeypatch):
+    pair = synthetic_pair((32, 32, 32), max_disp=2.0, seed=6)
+    files = _files(tmp_path, pair)
+    result = registrar(files["fixed_image"], files["moving_image"], affine="only")
+    out = tmp_path / "pub"
+    first = Registrar.write(result, out / "pair", extra_files={"run.txt": "1"}, png=False)
+    Registrar.write(result, out / "pair", extra_files={"run.txt": "2"}, png=False)
+    assert (first / "run.txt").read_text() == "2" and sorted(p.name for p in out.iterdir()) == ["pair"]
+
+    import monai_moe_reg.data.displacement_io as dio
+
+    monkeypatch.setattr(dio, "write_itk_transform", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        Registrar.write(result, out / "other", png=False)
+    assert sorted(p.name for p in out.iterdir()) == ["pair"]  # no staging folder, no half-written pair
+    json.loads((first / "metrics.json").read_text())
