@@ -35,9 +35,20 @@ def _describe(img) -> str:
     return f"shape {tuple(img.shape[1:])}, spacing {tuple(round(s, 3) for s in spacing)} mm, orientation {axcodes}"
 
 
+_TRUE, _FALSE = ("true", "on", "yes"), ("false", "off", "no")
+
+
+def _boolish(value):
+    """``true``/``false`` as typed on a command line (fire passes lower-case words as strings)."""
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    return value
+
+
 def _io_overrides(instance_opt, lr, io_lambda, diffeomorphic=None) -> tuple[bool, dict]:
     """``--instance-opt`` (true/false, or N steps per level), ``--lr``, ``--io-lambda`` and ``--diffeomorphic`` as
     overrides of the bundle's ``registration::instance_optimisation`` section."""
+    instance_opt, diffeomorphic = _boolish(instance_opt), _boolish(diffeomorphic)
     if isinstance(instance_opt, bool) or instance_opt is None:
         enabled, steps = bool(instance_opt), None
     elif isinstance(instance_opt, int) and not isinstance(instance_opt, bool):

@@ -230,3 +230,13 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(pair_files, checkpoin
         assert code == 2, (args, err)
         assert len(err.splitlines()) == 1 and match in err, err
         assert not out.exists() or not [p for p in out.iterdir()], "something was written"
+
+
+@pytest.mark.parametrize("value, enabled, steps", [("false", False, None), ("true", True, None), (False, False, None),
+                                                   (True, True, None), (0, False, 0), (7, True, 7)])
+def test_instance_opt_flag_as_typed(value, enabled, steps):
+    from monai_moe_reg.cli import _io_overrides
+
+    got, overrides = _io_overrides(value, None, None)
+    assert got is enabled
+    assert overrides.get("instance_optimisation", {}).get("steps") == steps

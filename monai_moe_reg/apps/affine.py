@@ -94,16 +94,21 @@ def affine_register(
         for _ in range(n_steps):
             m = _matrix(lin, shift * shift_scale_mm, centre.to(device))
             warped = warp_through(mov_l, from_moving @ m @ to_fixed, grid_fl.shape)
-            loss = similarity(warped, fix_l)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-            if _converged(history, tol, patience):
+            if adam_step(opt, similarity(warped, fix_l), history, tol, patience):
                 break
         logger.info("affine level %s (%s voxels): %d steps, loss %.5f", level, grid_fl.shape, len(history), history[-1])
     with torch.no_grad():
         return _matrix(lin.cpu(), shift.cpu() * shift_scale_mm, centre)
+
+
+def adam_step(opt: torch.optim.Optimizer, loss: torch.Tensor, history: list[float], tol: float, patience: int) -> bool:
+    """One optimiser step on ``loss``, its value appended to ``history``; ``True`` when the level has converged
+    (see :func:`_converged`)."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    history.append(float(loss.detach()))
+    return _converged(history, tol, patience)
 
 
 def _converged(history: Sequence[float], tol: float, patience: int) -> bool:

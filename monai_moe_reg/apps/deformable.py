@@ -18,14 +18,14 @@ import sys
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.losses import DiffusionLoss
 from monai.networks.blocks import DVF2DDF, Warp
 from torch import nn
 from tqdm import tqdm
 
-from monai_moe_reg.apps.affine import _converged
+from monai_moe_reg.apps.affine import adam_step
 from monai_moe_reg.apps.spatial import Grid, level_factors, pool_to, resample_field, warp_through
+from monai_moe_reg.engines.instance_optimisation import _smooth
 
 __all__ = ["optimise_pyramid", "compose"]
 
@@ -40,13 +40,6 @@ def compose(residual: torch.Tensor, initial: torch.Tensor | None) -> torch.Tenso
     return residual + Warp(mode="bilinear", padding_mode="border")(initial, residual)
 
 
-def _smooth(field: torch.Tensor, times: int) -> torch.Tensor:
-    pool = F.avg_pool3d if field.ndim == 5 else F.avg_pool2d
-    for _ in range(times):
-        field = pool(field, 3, stride=1, padding=1, count_include_pad=False)
-    return field
-
-
 def optimise_pyramid(
     fixed: torch.Tensor,
     fixed_grid: Grid,
@@ -54,7 +47,7 @@ def optimise_pyramid(
     moving_grid: Grid,
     transform: torch.Tensor,
     similarity: nn.Module,
-    lambda_reg: float = 1.0,
+    lambda_reg: float | Sequence[float] = 1.0,
     levels: Sequence[float] = (4, 2),
     steps: Sequence[int] | int = 100,
     lr: float = 0.5,
@@ -73,7 +66,8 @@ def optimise_pyramid(
         fixed_grid, moving_grid: their grids.
         transform: ``(4, 4)`` fixed-world -> moving-world affine (identity when there is no affine stage).
         similarity: ``(warped, fixed) -> scalar`` loss.
-        lambda_reg: weight of MONAI's ``DiffusionLoss`` on the residual displacement (level voxels).
+        lambda_reg: weight of MONAI's ``DiffusionLoss`` on the residual displacement (level voxels); one number, or
+            one per level.
         levels: coarsening of each level in multiples of the fixed image's finest spacing, coarse to fine (1 = the
             fixed grid itself).
         steps: the most Adam steps per level (one number, or one per level).
@@ -93,15 +87,17 @@ def optimise_pyramid(
     steps = [int(steps)] * len(levels) if isinstance(steps, int) else [int(s) for s in steps]
     if len(steps) != len(levels):
         raise ValueError(f"instance optimisation: {len(levels)} levels but {len(steps)} step counts.")
-    if lr <= 0 or lambda_reg < 0:
-        raise ValueError(f"instance optimisation needs lr > 0 and lambda_reg >= 0, got lr={lr}, lambda_reg={lambda_reg}.")
+    lambdas = [float(lambda_reg)] * len(levels) if isinstance(lambda_reg, (int, float)) else [float(v) for v in lambda_reg]
+    if lr <= 0 or len(lambdas) != len(levels) or min(lambdas) < 0:
+        raise ValueError(f"instance optimisation needs lr > 0 and lambda_reg >= 0 (one, or one per level), got lr={lr}, "
+                         f"lambda_reg={lambda_reg}.")
     device = fixed.device
     integrate = DVF2DDF(num_steps=integration_steps) if diffeomorphic else None
     reg = DiffusionLoss()
     base = min(fixed_grid.spacing)
     field, grid = None, None
     info: dict = {"steps": [], "loss": []}
-    for level, n_steps in zip(levels, steps):
+    for level, n_steps, lam in zip(levels, steps, lambdas):
         ff, fm = level_factors(fixed_grid, level * base), level_factors(moving_grid, level * base)
         new_grid = fixed_grid.coarsen(ff)
         fix_l, mov_l = pool_to(fixed, ff), pool_to(moving, fm)
@@ -117,12 +113,7 @@ def optimise_pyramid(
         for _ in bar:
             w = _residual(field, smoothing, integrate)
             warped = warp_through(mov_l, matrix, grid.shape, compose(w, u0))
-            loss = similarity(warped, fix_l) + lambda_reg * reg(w)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-            if _converged(history, tol, patience):
+            if adam_step(opt, similarity(warped, fix_l) + lam * reg(w), history, tol, patience):
                 break
         info["steps"].append(len(history))
         info["loss"].append(history[-1] if history else float("nan"))

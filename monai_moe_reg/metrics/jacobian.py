@@ -44,14 +44,15 @@ def jacobian_determinant(ddf: torch.Tensor, spacing: Sequence[float] | None = No
     return torch.linalg.det(jac.movedim(1, -1).movedim(1, -1))
 
 
-def nonpositive_jacobian_percent(ddf: torch.Tensor) -> torch.Tensor:
-    """Percentage of voxels with ``det J <= 0`` (folding), per batch item: ``(B,)`` in [0, 100]."""
-    det = jacobian_determinant(ddf)
+def nonpositive_jacobian_percent(ddf: torch.Tensor | None, det: torch.Tensor | None = None) -> torch.Tensor:
+    """Percentage of voxels with ``det J <= 0`` (folding), per batch item: ``(B,)`` in [0, 100] (``det``: the
+    determinants ``(B, *S)`` when already computed)."""
+    det = jacobian_determinant(ddf) if det is None else det
     return (det <= 0).float().flatten(1).mean(1) * 100.0
 
 
-def sd_log_jacobian(ddf: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+def sd_log_jacobian(ddf: torch.Tensor | None, eps: float = 1e-9, det: torch.Tensor | None = None) -> torch.Tensor:
     """Standard deviation of ``log(det J)`` per batch item ``(B,)``, with ``det J`` clipped to ``[eps, 1/eps]``
     so folded voxels count as a very small (not undefined) determinant."""
-    det = jacobian_determinant(ddf).clamp(eps, 1.0 / eps)
+    det = (jacobian_determinant(ddf) if det is None else det).clamp(eps, 1.0 / eps)
     return torch.log(det).flatten(1).std(dim=1)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from monai_moe_reg.metrics.jacobian import nonpositive_jacobian_percent, sd_log_jacobian
+from monai_moe_reg.metrics.jacobian import jacobian_determinant, nonpositive_jacobian_percent, sd_log_jacobian
 from monai_moe_reg.metrics.overlap import dice_per_label, surface_distances_mm
 
 __all__ = ["METRIC_NAMES", "to_label_map", "registration_metrics", "summarize_metrics"]
@@ -38,8 +38,9 @@ def registration_metrics(
     Label metrics are NaN when no labels are given; labels absent from both maps are ignored in the means.
     Returns one dict per batch item.
     """
-    folding = nonpositive_jacobian_percent(ddf).tolist()
-    sdlogj = sd_log_jacobian(ddf).tolist()
+    det = jacobian_determinant(ddf)
+    folding = nonpositive_jacobian_percent(None, det=det).tolist()
+    sdlogj = sd_log_jacobian(None, det=det).tolist()
     rows = [{"folding_percent": f, "sdlogj": s} for f, s in zip(folding, sdlogj)]
     nan = float("nan")
     if warped_label is None or fixed_label is None:
