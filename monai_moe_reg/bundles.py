@@ -43,15 +43,33 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
 
 
 def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: dict) -> str:
-    """Attach a MONAI ``CheckpointLoader`` restoring network, optimizer and trainer state (epoch, iteration) from
-    the latest checkpoint, so training continues at the next epoch. Raises if there is none."""
-    from monai.handlers import CheckpointLoader
+    """Restore network, optimizer and trainer state (epoch, iteration) from the newest readable checkpoint *now*,
+    before the run starts, so the validation that runs at start already sees the resumed weights and training
+    continues at the next epoch (the run's own ``max_epochs`` is kept). Unreadable checkpoints (e.g. a file a kill
+    truncated in an older version) are skipped with a warning; raises if none can be read."""
+    import logging
 
-    path = latest_checkpoint(ckpt_dir)
-    if path is None:
+    import torch
+    from ignite.handlers import Checkpoint
+
+    files = sorted(Path(ckpt_dir).glob("checkpoint*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not files:
         raise FileNotFoundError(f"resume=True but no checkpoint*.pt in '{ckpt_dir}'; train once without resume first.")
-    CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location="cpu").attach(trainer)
-    return str(path)
+    for path in files:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
+            logging.getLogger(__name__).warning("skipping unreadable checkpoint %s (%s)", path, type(err).__name__)
+            continue
+        max_epochs = trainer.state.max_epochs
+        Checkpoint.load_objects(to_load=load_dict, checkpoint=state)
+        if max_epochs is not None:
+            if trainer.state.epoch > max_epochs:
+                raise ValueError(f"checkpoint '{path}' is at epoch {trainer.state.epoch}, beyond max_epochs "
+                                 f"{max_epochs}: raise --max_epochs to continue training.")
+            trainer.state.max_epochs = max_epochs
+        return str(path)
+    raise ValueError(f"no readable checkpoint in '{ckpt_dir}' ({len(files)} unreadable); remove them and train again.")
 
 
 def require_path(path: str | os.PathLike, hint: str) -> str:

@@ -101,6 +101,15 @@ def test_train_resume_evaluate_infer(bundle, tmp_path, tiny_llm):
     train.finalize()
     models = tmp_path / "models"
     assert (models / "model.pt").is_file() and list(models.glob("checkpoint*.pt"))
+    best = json.loads((models / "model.pt.json").read_text())["value"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (tmp_path / "eval").glob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss", "reg"} <= tags and len(tags - {"loss", "reg"}) > 5, tags  # the training loss and its terms
     val_csv = (tmp_path / "eval" / "val_metrics.csv").read_text().splitlines()
     assert val_csv[0] == "pair,dice,hd95_mm,assd_mm,folding_percent,sdlogj" and len(val_csv) == 3
 
@@ -112,6 +121,7 @@ def test_train_resume_evaluate_infer(bundle, tmp_path, tiny_llm):
     resumed.run()
     resumed.finalize()
     assert epochs == [2]
+    assert json.loads((models / "model.pt.json").read_text())["value"] >= best  # never replaced by worse weights
 
     evaluate = workflow(bundle, ["train.json", "evaluate.json"], "eval", **ov)
     evaluate.initialize()

@@ -1,17 +1,16 @@
 """Ignite engines and handlers for registration bundles."""
 
+from monai_moe_reg.engines.checkpoints import BestModelSaver, ResumableCheckpointSaver, SafeDiskSaver, atomic_save
 from monai_moe_reg.engines.evaluator import RegistrationEvaluator
-from monai_moe_reg.engines.handlers import (
-    PairMetric,
-    PairMetricsSaver,
-    RegistrationWriter,
-    ResumableCheckpointSaver,
-    pair_names,
-)
+from monai_moe_reg.engines.handlers import PairMetric, PairMetricsSaver, RegistrationWriter, loss_terms, pair_names
 from monai_moe_reg.engines.trainer import RegistrationTrainer
 from monai_moe_reg.engines.utils import autocast, pair_to_device, predict_ddf, unwrap
 
 __all__ = [
+    "BestModelSaver",
+    "SafeDiskSaver",
+    "atomic_save",
+    "loss_terms",
     "PairMetric",
     "PairMetricsSaver",
     "RegistrationEvaluator",

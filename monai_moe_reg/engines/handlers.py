@@ -16,7 +16,7 @@ from ignite.metrics import Metric
 from monai_moe_reg.metrics.jacobian import jacobian_determinant
 from monai_moe_reg.metrics.registration import METRIC_NAMES, summarize_metrics
 
-__all__ = ["PairMetric", "PairMetricsSaver", "RegistrationWriter", "pair_names"]
+__all__ = ["PairMetric", "PairMetricsSaver", "RegistrationWriter", "loss_terms", "pair_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,46 +151,53 @@ class RegistrationWriter:
     def write_pair(self, name: str, out: dict, b: int = 0, extra_files: dict[str, str] | None = None) -> Path:
         """Write pair ``b`` of ``out`` (the evaluator's output layout) to ``<output_dir>/<name>/``; ``extra_files``
         maps file names to text written in the same folder (e.g. a metrics JSON) before it is published."""
+        import shutil
+        import tempfile
+
         import nibabel as nib
+
+        from monai_moe_reg.apps.registration import _publish
 
         fixed = out["fixed_image"][b]
         affine = np.asarray(getattr(fixed, "affine", torch.eye(4)), dtype=np.float64)
         final = self.output_dir / name
-        tmp = self.output_dir / f".{name}.part"
-        tmp.mkdir(parents=True, exist_ok=True)
-        ddf = out["pred"][b].detach().float().cpu()
-        arrays = {
-            "warped_image": out["warped_image"][b, 0],
-            "ddf": ddf.movedim(0, -1),
-            "jacobian": jacobian_determinant(ddf[None])[0],
-        }
-        if out.get("warped_label") is not None:
-            arrays["warped_label"] = out["warped_label"][b].round().to(torch.int16).movedim(0, -1).squeeze(-1)
-        maps = out.get("expert_maps")
-        if maps is not None:
-            for d, axis in zip(range(maps.shape[1]), "xyz"):
-                arrays[f"expert_map_{axis}"] = maps[b, d].to(torch.int16)
-        for key, arr in arrays.items():
-            arr = torch.as_tensor(arr).detach().cpu().numpy()
-            nib.save(nib.Nifti1Image(arr, affine), str(tmp / f"{key}.nii.gz"))
-        if self.itk_ddf:
-            self._write_itk_ddf(fixed, ddf, tmp / "ddf_itk.nii.gz")
-        if self.png:
-            self._write_png(out, b, tmp / "overview.png")
-        for fname, text in (extra_files or {}).items():
-            (tmp / fname).write_text(text)
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        tmp.replace(final)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=self.output_dir))  # this run's own
+        try:
+            ddf = out["pred"][b].detach().float().cpu()
+            arrays = {
+                "warped_image": out["warped_image"][b, 0],
+                "ddf": ddf.movedim(0, -1),
+                "jacobian": jacobian_determinant(ddf[None])[0],
+            }
+            if out.get("warped_label") is not None:
+                label = out["warped_label"][b].round().long()
+                dtype = torch.int16 if int(label.max()) <= torch.iinfo(torch.int16).max else torch.int32
+                arrays["warped_label"] = label.to(dtype).movedim(0, -1).squeeze(-1)
+            maps = out.get("expert_maps")
+            if maps is not None:
+                for d, axis in zip(range(maps.shape[1]), "xyz"):
+                    arrays[f"expert_map_{axis}"] = maps[b, d].to(torch.int16)
+            for key, arr in arrays.items():
+                arr = torch.as_tensor(arr).detach().cpu().numpy()
+                nib.save(nib.Nifti1Image(arr, affine), str(tmp / f"{key}.nii.gz"))
+            if self.itk_ddf:
+                self._write_itk_ddf(fixed, ddf, tmp / "ddf_itk.nii.gz")
+            if self.png:
+                self._write_png(out, b, tmp / "overview.png")
+            for fname, text in (extra_files or {}).items():
+                (tmp / fname).write_text(text)
+            _publish(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return final
 
     @staticmethod
     def _write_itk_ddf(fixed: torch.Tensor, ddf: torch.Tensor, path: Path) -> None:
-        from monai_moe_reg.data.displacement_io import write_itk_displacement_field
+        from monai_moe_reg.data.displacement_io import write_itk_displacement_nifti
 
-        write_itk_displacement_field(ddf, np.asarray(getattr(fixed, "affine", torch.eye(ddf.shape[0] + 1))), path)
+        write_itk_displacement_nifti(ddf, np.asarray(getattr(fixed, "affine", torch.eye(ddf.shape[0] + 1))), path)
 
     @staticmethod
     def _write_png(out: dict, b: int, path: Path) -> None:
@@ -230,23 +237,10 @@ class RegistrationWriter:
         plt.close(fig)
 
 
-class ResumableCheckpointSaver:
-    """MONAI ``CheckpointSaver`` of ``network``, ``optimizer`` **and the trainer it is attached to** every
-    ``save_interval`` epochs (keeping ``n_saved``), so a killed run can resume with optimizer state and epoch
-    (:func:`monai_moe_reg.bundles.resume_from_latest`). A config cannot reference the trainer from its own handler
-    list, so the trainer is added to the save dict at ``attach`` time."""
-
-    def __init__(self, save_dir: str, network, optimizer, save_interval: int = 1, n_saved: int = 1) -> None:
-        self.save_dir, self.network, self.optimizer = save_dir, network, optimizer
-        self.save_interval, self.n_saved = save_interval, n_saved
-
-    def attach(self, engine: Engine) -> None:
-        from monai.handlers import CheckpointSaver
-
-        CheckpointSaver(
-            save_dir=self.save_dir,
-            save_dict={"network": self.network, "optimizer": self.optimizer, "trainer": engine},
-            file_prefix="checkpoint",
-            save_interval=self.save_interval,
-            n_saved=self.n_saved,
-        ).attach(engine)
+def loss_terms(output) -> dict[str, float]:
+    """The trainer output's ``loss`` and every loss term as floats, for ``StatsHandler`` /
+    ``TensorBoardStatsHandler`` (``output_transform``): each is logged per iteration under its own name."""
+    out = output[0] if isinstance(output, (list, tuple)) else output
+    return {k: float(torch.as_tensor(v).detach().float().mean()) for k, v in out.items()
+            if k not in ("image", "pred", "label") and isinstance(v, (float, int, torch.Tensor)) and
+            torch.as_tensor(v).numel() == 1}

@@ -1,0 +1,154 @@
+"""Checkpoints that survive a kill: atomic, fsynced writes; older files removed only after the new one is complete;
+a best model that a resumed run never replaces with worse weights.
+
+Ignite's ``Checkpoint`` removes the previous file *before* writing the next, and MONAI's ``CheckpointSaver`` with a
+fixed ``key_metric_filename`` therefore deletes ``model.pt`` before re-writing it: a kill in between leaves nothing.
+These handlers replace them in the bundles' ``train.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
+
+__all__ = ["atomic_save", "SafeDiskSaver", "ResumableCheckpointSaver", "BestModelSaver"]
+
+logger = logging.getLogger(__name__)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj, path: str | os.PathLike, writer=None) -> Path:
+    """Write ``obj`` (``torch.save``, or ``writer(obj, file)``) to a temporary file beside ``path``, fsync it, rename
+    it onto ``path`` and fsync the folder: ``path`` is always either the old complete file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            (writer or torch.save)(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+class SafeDiskSaver(BaseSaveHandler):
+    """An Ignite save handler (like ``DiskSaver``) whose writes are :func:`atomic_save` and whose ``remove`` is
+    deferred until the next file has been written completely (a file replaced under the same name is never removed).
+    It asks nothing of ``ignite.distributed`` (whose first use creates a process group: a collective that would hang
+    when only rank 0 saves)."""
+
+    def __init__(self, dirname: str | os.PathLike) -> None:
+        self.dirname = Path(dirname)
+        self._pending: list[str] = []
+
+    def __call__(self, checkpoint, filename: str, metadata=None) -> None:
+        atomic_save(checkpoint, self.dirname / filename)
+        for old in self._pending:
+            if old != filename:
+                (self.dirname / old).unlink(missing_ok=True)  # a save that was interrupted left no file
+        self._pending.clear()
+
+    def remove(self, filename: str) -> None:
+        self._pending.append(filename)
+
+
+class ResumableCheckpointSaver:
+    """``network``, ``optimizer`` **and the trainer it is attached to** saved every ``save_interval`` epochs as
+    ``checkpoint_checkpoint_<epoch>.pt`` in ``save_dir`` (keeping ``n_saved``), crash-safe (:class:`SafeDiskSaver`),
+    so a killed run resumes (:func:`monai_moe_reg.bundles.resume_from_latest`) losing at most the epoch in progress.
+    A config cannot reference the trainer from its own handler list, so it is added at ``attach`` time."""
+
+    def __init__(self, save_dir: str, network, optimizer, save_interval: int = 1, n_saved: int = 1) -> None:
+        self.save_dir, self.network, self.optimizer = save_dir, network, optimizer
+        self.save_interval, self.n_saved = save_interval, n_saved
+
+    def attach(self, engine: Engine) -> None:
+        handler = Checkpoint(
+            {"network": self.network, "optimizer": self.optimizer, "trainer": engine},
+            SafeDiskSaver(self.save_dir),
+            filename_prefix="checkpoint",
+            n_saved=self.n_saved,
+            global_step_transform=lambda e, _: e.state.epoch,
+        )
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), handler)
+
+
+class BestModelSaver:
+    """Keeps ``<save_dir>/<filename>`` (the network's state dict) at the best validation key metric so far, with a
+    sidecar ``<filename>.json`` (metric name, value, epoch) that a resumed run reads, so weights that validate worse
+    than the saved ones never replace them. A NaN metric (e.g. validation pairs without labels) saves nothing and
+    says so. Attach to the evaluator.
+
+    Args:
+        save_dir: folder.
+        network: the module whose ``state_dict`` is saved (unwrapped from DDP).
+        filename: ``model.pt`` in the bundles.
+        mode: ``"max"`` (Dice) or ``"min"``.
+    """
+
+    def __init__(self, save_dir: str, network, filename: str = "model.pt", mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+        self.path = Path(save_dir) / filename
+        self.network, self.mode = network, mode
+        self.best: float | None = None
+
+    @property
+    def sidecar(self) -> Path:
+        return self.path.with_name(self.path.name + ".json")
+
+    def attach(self, engine: Engine) -> None:
+        if self.path.is_file() and self.sidecar.is_file():
+            try:
+                self.best = float(json.loads(self.sidecar.read_text())["value"])
+            except (ValueError, KeyError, TypeError):
+                logger.warning("ignoring unreadable %s", self.sidecar)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def __call__(self, engine: Engine) -> None:
+        name = getattr(engine.state, "key_metric_name", None)
+        value = engine.state.metrics.get(name) if name else None
+        if value is None or not math.isfinite(float(value)):
+            logger.warning("validation %s is %s: %s not updated (do the validation pairs have labels?)", name, value,
+                           self.path.name)
+            return
+        value = float(value)
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        if not self._better(value) or rank != 0:
+            return
+        module = getattr(self.network, "module", self.network)
+        atomic_save(module.state_dict(), self.path)
+        atomic_save({"metric": name, "value": value, "epoch": int(engine.state.epoch)}, self.sidecar,
+                    writer=lambda obj, fh: fh.write(json.dumps(obj).encode()))
+        self.best = value
+        logger.info("new best %s %.4f at epoch %d: saved %s", name, value, engine.state.epoch, self.path)

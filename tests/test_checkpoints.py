@@ -1,0 +1,98 @@
+"""Crash-safe checkpoints: atomic writes that a SIGKILL cannot corrupt, deferred removal, a best model that is never
+replaced by worse weights (also across a resume), and per-iteration loss terms for the loggers."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from ignite.engine import Engine
+from ignite.handlers import Checkpoint
+
+from monai_moe_reg.engines import BestModelSaver, SafeDiskSaver, atomic_save, loss_terms
+
+
+def test_sigkill_during_atomic_saves_never_leaves_a_corrupt_file(tmp_path):
+    path = tmp_path / "model.pt"
+    script = (
+        "import sys, torch\n"
+        "from monai_moe_reg.engines.checkpoints import atomic_save\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    atomic_save({'step': i, 'w': torch.full((4_000_000,), float(i))}, sys.argv[1])\n"
+    )
+    for delay in (0.03, 0.11, 0.2, 0.37, 0.55):
+        before = path.stat().st_mtime_ns if path.exists() else 0
+        proc = subprocess.Popen([sys.executable, "-c", script, str(path)])
+        start = time.time()
+        while (not path.exists() or path.stat().st_mtime_ns == before) and time.time() - start < 120:
+            time.sleep(0.01)  # the first save of this process is complete: now kill it somewhere in the next ones
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if path.exists():  # either the previous complete file or the new one, never a torn one
+            state = torch.load(path, weights_only=True)
+            assert float(state["w"][0]) == float(state["w"][-1]) == state["step"]
+    assert path.exists()
+
+
+def test_safe_disk_saver_removes_the_old_checkpoint_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
+    engine = Engine(lambda e, b: None)
+    net = torch.nn.Linear(2, 2)
+    handler = Checkpoint({"network": net}, SafeDiskSaver(tmp_path), n_saved=1,
+                         global_step_transform=lambda e, _: e.state.epoch)
+    engine.state.epoch = 1
+    handler(engine)
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["network_1.pt"]
+
+    import monai_moe_reg.engines.checkpoints as ck
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(ck.torch, "save", killed)
+    engine.state.epoch = 2
+    with pytest.raises(KeyboardInterrupt):
+        handler(engine)
+    assert [p.name for p in tmp_path.iterdir()] == ["network_1.pt"]  # still there, no temporary file left
+    monkeypatch.undo()
+    engine.state.epoch = 3
+    handler(engine)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["network_3.pt"]
+
+
+def _evaluator_with(value: float, epoch: int) -> Engine:
+    engine = Engine(lambda e, b: None)
+    engine.state.key_metric_name = "val_dice"
+    engine.state.metrics = {"val_dice": value}
+    engine.state.epoch = epoch
+    return engine
+
+
+def test_best_model_is_never_replaced_by_worse_weights_also_after_a_resume(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    saver = BestModelSaver(str(tmp_path), net)
+    saver.attach(Engine(lambda e, b: None))
+    for epoch, (value, weight) in enumerate([(0.5, 1.0), (0.7, 2.0), (0.6, 3.0), (math.nan, 4.0)], start=1):
+        torch.nn.init.constant_(net.weight, weight)
+        saver(_evaluator_with(value, epoch))
+    assert float(torch.load(tmp_path / "model.pt")["weight"][0, 0]) == 2.0
+    assert json.loads((tmp_path / "model.pt.json").read_text()) == {"metric": "val_dice", "value": 0.7, "epoch": 2}
+    resumed = BestModelSaver(str(tmp_path), net)  # a resumed run reads the best so far
+    resumed.attach(Engine(lambda e, b: None))
+    torch.nn.init.constant_(net.weight, 5.0)
+    resumed(_evaluator_with(0.65, 1))  # e.g. the validation at start of a resumed run
+    assert float(torch.load(tmp_path / "model.pt")["weight"][0, 0]) == 2.0
+    resumed(_evaluator_with(0.8, 5))
+    assert float(torch.load(tmp_path / "model.pt")["weight"][0, 0]) == 5.0
+
+
+def test_loss_terms_are_scalars_for_the_loggers():
+    out = {"image": torch.zeros(1, 2, 4, 4, 4), "pred": torch.zeros(1, 3, 4, 4, 4), "loss": torch.tensor(0.5),
+           "sim": 0.25, "reg": 0.1}
+    assert loss_terms(out) == {"loss": 0.5, "sim": 0.25, "reg": pytest.approx(0.1)}
