@@ -88,7 +88,9 @@ def bundle_root(bundle: str | os.PathLike) -> Path:
         return root
     if root.name in BUNDLE_NAMES:
         return Path(locate(root.name))
-    raise FileNotFoundError(f"'{root}' is not a bundle folder (no configs/inference.json); e.g. --bundle bundles/shmoareg")
+    raise FileNotFoundError(
+        f"'{root}' is not a bundle folder (no configs/inference.json); e.g. --bundle bundles/shmoareg"
+    )
 
 
 def bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):

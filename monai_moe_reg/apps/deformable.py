@@ -87,9 +87,11 @@ def optimise_pyramid(
     steps = [int(steps)] * len(levels) if isinstance(steps, int) else [int(s) for s in steps]
     if len(steps) != len(levels):
         raise ValueError(f"instance optimisation: {len(levels)} levels but {len(steps)} step counts.")
-    lambdas = [float(lambda_reg)] * len(levels) if isinstance(lambda_reg, (int, float)) else [float(v) for v in lambda_reg]
+    one = isinstance(lambda_reg, (int, float))
+    lambdas = [float(lambda_reg)] * len(levels) if one else [float(v) for v in lambda_reg]
     if lr <= 0 or len(lambdas) != len(levels) or min(lambdas) < 0:
-        raise ValueError(f"instance optimisation needs lr > 0 and lambda_reg >= 0 (one, or one per level), got lr={lr}, "
+        raise ValueError(f"instance optimisation needs lr > 0 and lambda_reg >= 0 (one, or one per level), got "
+                         f"lr={lr}, "
                          f"lambda_reg={lambda_reg}.")
     device = fixed.device
     integrate = DVF2DDF(num_steps=integration_steps) if diffeomorphic else None

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +27,16 @@ from torch import nn
 
 from monai_moe_reg.apps.affine import AFFINE_MODES, affine_register
 from monai_moe_reg.apps.deformable import compose, optimise_pyramid
-from monai_moe_reg.apps.spatial import Grid, level_factors, map_points, pool_to, resample_field, voxel_grid, warp_through
+from monai_moe_reg.apps.spatial import (
+    Grid,
+    level_factors,
+    map_points,
+    pool_to,
+    resample_field,
+    voxel_grid,
+    warp_through,
+)
+from monai_moe_reg.data.staging import staged_folder
 
 __all__ = ["Registrar", "RegistrationResult", "load_scan", "NETWORK_MODES"]
 
@@ -57,7 +64,8 @@ def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: 
     if img.shape[0] != 1 and not label:
         raise ValueError(f"{what} '{path}' has {img.shape[0]} components per voxel; give a single-channel scan.")
     if min(img.shape[1:]) < 2:
-        raise ValueError(f"{what} '{path}' is {tuple(img.shape[1:])}: too small to register (at least 2 voxels per axis).")
+        raise ValueError(f"{what} '{path}' is {tuple(img.shape[1:])}: too small to register (at least 2 voxels per "
+                         "axis).")
     if not torch.isfinite(img).all():
         raise ValueError(f"{what} '{path}' contains NaN or Inf voxels; fill or mask them first.")
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -344,9 +352,7 @@ class Registrar:
         from monai_moe_reg.metrics.jacobian import jacobian_determinant
 
         final = Path(folder)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
-        try:
+        with staged_folder(final) as stage:
             affine = np.asarray(result.fixed.affine, dtype=np.float64)
             label = result.warped_label
             arrays = {
@@ -372,13 +378,10 @@ class Registrar:
             metrics = dict(result.metrics)
             (stage / "metrics.json").write_text(json.dumps({**metrics, "seconds": result.timings}, indent=1))
             keys = [k for k in metrics if k != "labels"]
-            (stage / "metrics.csv").write_text(",".join(keys) + "\n" + ",".join(f"{metrics[k]:.6f}" for k in keys) + "\n")
+            values = ",".join(f"{metrics[k]:.6f}" for k in keys)
+            (stage / "metrics.csv").write_text(",".join(keys) + "\n" + values + "\n")
             for name, text in (extra_files or {}).items():
                 (stage / name).write_text(text)
-            _publish(stage, final)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
         return final
 
 
@@ -388,18 +391,6 @@ def _warp_label(label: torch.Tensor, matrix: torch.Tensor, shape, ddf: torch.Ten
     device = ddf.device if ddf is not None else "cpu"
     out = warp_through(raw[None].double().to(device), matrix.to(device), shape, ddf, mode="nearest")
     return out[0].round().long().cpu()
-
-
-def _publish(stage: Path, final: Path) -> None:
-    """Rename ``stage`` to ``final``; an existing ``final`` is moved aside first and removed after."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        os.rmdir(old)
-        final.replace(old)
-    stage.replace(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _overview(result: RegistrationResult, path: Path) -> None:

@@ -87,7 +87,9 @@ def _apply_linear(lin: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, dim=axis)
 
 
-def sample(image: torch.Tensor, points: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+def sample(
+    image: torch.Tensor, points: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
     """``image`` ``(B, C, *S_in)`` sampled at voxel coordinates ``points`` ``(B, D, *S_out)`` of its own grid
     (linear or nearest; outside the image: ``padding_mode``). Returns ``(B, C, *S_out)``."""
     dims = points.shape[1]

@@ -83,7 +83,9 @@ def write_itk_displacement_nifti(ddf: torch.Tensor, affine, path: str | os.PathL
     nib.save(img, str(path))
 
 
-def write_itk_transform(path: str | os.PathLike, fixed_affine, world_affine=None, ddf: torch.Tensor | None = None) -> None:
+def write_itk_transform(
+    path: str | os.PathLike, fixed_affine, world_affine=None, ddf: torch.Tensor | None = None
+) -> None:
     """An ITK transform file (HDF5, ``.h5``) that maps fixed-image points to moving-image points the way ITK, ANTs
     (``antsApplyTransforms -t transform.h5``) and 3D Slicer expect: a composite of the affine ``world_affine``
     (4x4, fixed world RAS mm -> moving world) and the displacement field ``ddf`` (``(3, *S)`` in voxels of the fixed

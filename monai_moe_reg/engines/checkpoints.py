@@ -143,7 +143,8 @@ class BestModelSaver:
                            self.path.name)
             return
         value = float(value)
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not self._better(value) or rank != 0:
             return
         module = getattr(self.network, "module", self.network)

@@ -151,19 +151,14 @@ class RegistrationWriter:
     def write_pair(self, name: str, out: dict, b: int = 0, extra_files: dict[str, str] | None = None) -> Path:
         """Write pair ``b`` of ``out`` (the evaluator's output layout) to ``<output_dir>/<name>/``; ``extra_files``
         maps file names to text written in the same folder (e.g. a metrics JSON) before it is published."""
-        import shutil
-        import tempfile
-
         import nibabel as nib
 
-        from monai_moe_reg.apps.registration import _publish
+        from monai_moe_reg.data.staging import staged_folder
 
         fixed = out["fixed_image"][b]
         affine = np.asarray(getattr(fixed, "affine", torch.eye(4)), dtype=np.float64)
         final = self.output_dir / name
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=self.output_dir))  # this run's own
-        try:
+        with staged_folder(final) as tmp:
             ddf = out["pred"][b].detach().float().cpu()
             arrays = {
                 "warped_image": out["warped_image"][b, 0],
@@ -187,10 +182,6 @@ class RegistrationWriter:
                 self._write_png(out, b, tmp / "overview.png")
             for fname, text in (extra_files or {}).items():
                 (tmp / fname).write_text(text)
-            _publish(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
     @staticmethod
