@@ -62,6 +62,8 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
             logging.getLogger(__name__).warning("skipping unreadable checkpoint %s (%s)", path, type(err).__name__)
             continue
         max_epochs = trainer.state.max_epochs
+        if isinstance(state, dict) and "rng" in state:
+            _restore_rng_at_first_epoch(trainer, state["rng"])
         Checkpoint.load_objects(to_load=load_dict, checkpoint=state)
         if max_epochs is not None:
             if trainer.state.epoch > max_epochs:
@@ -70,6 +72,21 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
             trainer.state.max_epochs = max_epochs
         return str(path)
     raise ValueError(f"no readable checkpoint in '{ckpt_dir}' ({len(files)} unreadable); remove them and train again.")
+
+
+def _restore_rng_at_first_epoch(trainer: Engine, rng_state: dict) -> None:
+    """Restore the random generators when the resumed epoch starts, after the start-of-run validation: that is
+    where an uninterrupted run stood when the checkpoint was written, so the data order and every random draw
+    continue identically."""
+    from ignite.engine import Events
+
+    from monai_moe_reg.engines.checkpoints import RNGState
+
+    def restore(engine: Engine) -> None:
+        RNGState().load_state_dict(rng_state)
+        engine.remove_event_handler(restore, Events.EPOCH_STARTED)
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, restore)
 
 
 def require_path(path: str | os.PathLike, hint: str) -> str:
@@ -98,6 +115,7 @@ def bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):
     from monai.bundle import ConfigParser
 
     root = bundle_root(bundle)
+    _warn_if_foreign(root, config)
     parser = ConfigParser()
     try:
         parser.read_config(str(root / "configs" / config))
@@ -105,6 +123,23 @@ def bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):
         raise ValueError(f"cannot read '{root / 'configs' / config}': {err}") from err
     parser["bundle_root"] = str(root.resolve())
     return parser
+
+
+def _warn_if_foreign(root: Path, config: str) -> None:
+    """Log a warning when ``root/configs/<config>`` is not byte-identical to the config of the same name shipped
+    with this package: bundle configs run Python expressions (``$...``) and import any ``_target_``."""
+    import logging
+
+    own = Path(__file__).resolve().parents[1] / "bundles" / root.resolve().name / "configs" / config
+    mine = root / "configs" / config
+    try:
+        same = own.is_file() and own.read_bytes() == mine.read_bytes()
+    except OSError:
+        same = False
+    if not same:
+        logging.getLogger(__name__).warning(
+            "bundle config '%s' is not one of monai-moe-reg's own (or was modified): its '$' expressions and "
+            "'_target_' callables run as Python code; use only bundles you trust.", mine)
 
 
 def load_network_weights(network, path: str | os.PathLike, bundle: str | os.PathLike = "") -> None:

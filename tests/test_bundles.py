@@ -122,6 +122,13 @@ def test_train_resume_evaluate_infer(bundle, tmp_path, tiny_llm):
     resumed.finalize()
     assert epochs == [2]
     assert json.loads((models / "model.pt.json").read_text())["value"] >= best  # never replaced by worse weights
+    # the resumed run equals an uninterrupted one (random generators restored with the checkpoint)
+    straight_ov = {**ov, "ckpt_dir": str(tmp_path / "straight" / "models"), "output_dir": str(tmp_path / "straight")}
+    straight = workflow(bundle, "train.json", "train", max_epochs=2, val_interval=1, **straight_ov)
+    straight.initialize()
+    straight.run()
+    a, b = resumed.trainer.network.state_dict(), straight.trainer.network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
 
     evaluate = workflow(bundle, ["train.json", "evaluate.json"], "eval", **ov)
     evaluate.initialize()

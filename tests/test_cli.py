@@ -240,3 +240,21 @@ def test_instance_opt_flag_as_typed(value, enabled, steps):
     got, overrides = _io_overrides(value, None, None)
     assert got is enabled
     assert overrides.get("instance_optimisation", {}).get("steps") == steps
+
+
+def test_a_foreign_or_modified_bundle_is_named_in_a_warning(tmp_path, caplog):
+    import logging
+    import shutil
+
+    from monai_moe_reg.bundles import bundle_config
+
+    with caplog.at_level(logging.WARNING, logger="monai_moe_reg.bundles"):
+        bundle_config(SHMOAREG)
+    assert "use only bundles you trust" not in caplog.text
+    copy = tmp_path / "shmoareg"
+    shutil.copytree(SHMOAREG, copy, ignore=shutil.ignore_patterns("data", "models", "eval"))
+    cfg = copy / "configs" / "inference.json"
+    cfg.write_text(cfg.read_text().replace('"amp": false', '"amp": "$print(1) or False"'))
+    with caplog.at_level(logging.WARNING, logger="monai_moe_reg.bundles"):
+        bundle_config(copy)
+    assert "use only bundles you trust" in caplog.text and str(cfg) in caplog.text

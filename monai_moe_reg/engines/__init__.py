@@ -1,6 +1,12 @@
 """Ignite engines and handlers for registration bundles."""
 
-from monai_moe_reg.engines.checkpoints import BestModelSaver, ResumableCheckpointSaver, SafeDiskSaver, atomic_save
+from monai_moe_reg.engines.checkpoints import (
+    BestModelSaver,
+    ResumableCheckpointSaver,
+    RNGState,
+    SafeDiskSaver,
+    atomic_save,
+)
 from monai_moe_reg.engines.evaluator import RegistrationEvaluator
 from monai_moe_reg.engines.handlers import PairMetric, PairMetricsSaver, RegistrationWriter, loss_terms, pair_names
 from monai_moe_reg.engines.trainer import RegistrationTrainer
@@ -8,6 +14,7 @@ from monai_moe_reg.engines.utils import autocast, pair_to_device, predict_ddf, u
 
 __all__ = [
     "BestModelSaver",
+    "RNGState",
     "SafeDiskSaver",
     "atomic_save",
     "loss_terms",

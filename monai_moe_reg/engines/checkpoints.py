@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 
-__all__ = ["atomic_save", "SafeDiskSaver", "ResumableCheckpointSaver", "BestModelSaver"]
+__all__ = ["atomic_save", "SafeDiskSaver", "ResumableCheckpointSaver", "BestModelSaver", "RNGState"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,37 @@ class SafeDiskSaver(BaseSaveHandler):
         self._pending.append(filename)
 
 
+class RNGState:
+    """The random generators a training run draws from (Python, NumPy, torch CPU and CUDA) as a ``state_dict``, so
+    that a resumed run continues the same random sequence (data shuffling, augmentation, dropout) as an
+    uninterrupted one."""
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        import random
+
+        import numpy as np
+
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class ResumableCheckpointSaver:
     """``network``, ``optimizer`` **and the trainer it is attached to** saved every ``save_interval`` epochs as
-    ``checkpoint_checkpoint_<epoch>.pt`` in ``save_dir`` (keeping ``n_saved``), crash-safe (:class:`SafeDiskSaver`),
+    ``checkpoint_checkpoint_<epoch>.pt`` in ``save_dir`` (keeping ``n_saved``) with the random generators' state
+    (:class:`RNGState`), crash-safe (:class:`SafeDiskSaver`),
     so a killed run resumes (:func:`monai_moe_reg.bundles.resume_from_latest`) losing at most the epoch in progress.
     A config cannot reference the trainer from its own handler list, so it is added at ``attach`` time."""
 
@@ -89,7 +117,7 @@ class ResumableCheckpointSaver:
 
     def attach(self, engine: Engine) -> None:
         handler = Checkpoint(
-            {"network": self.network, "optimizer": self.optimizer, "trainer": engine},
+            {"network": self.network, "optimizer": self.optimizer, "trainer": engine, "rng": RNGState()},
             SafeDiskSaver(self.save_dir),
             filename_prefix="checkpoint",
             n_saved=self.n_saved,

@@ -80,7 +80,7 @@ def _meta_model(config):
 
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except (ValueError, KeyError) as err:
         raise ValueError(
             f"unsupported LLM architecture '{getattr(config, 'model_type', '?')}': transformers has no causal LM for "
@@ -251,7 +251,7 @@ def load_decoder_layers(
     if kind == "hub":
         path, kind = _download_hub(str(path), layers), "folder"
     if kind == "folder":
-        config, config_dict = AutoConfig.from_pretrained(str(path)), None
+        config, config_dict = AutoConfig.from_pretrained(str(path), trust_remote_code=False), None
     else:
         config, config_dict = _gguf_config(path)
     indices = _check_indices(layers, int(config.num_hidden_layers))
