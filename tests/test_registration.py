@@ -166,3 +166,20 @@ def test_publishing_is_atomic_and_a_failure_leaves_nothing(registrar, tmp_path, 
         Registrar.write(result, out / "other", png=False)
     assert sorted(p.name for p in out.iterdir()) == ["pair"]  # no staging folder, no half-written pair
     json.loads((first / "metrics.json").read_text())
+
+
+def test_multichannel_binary_label_files_become_one_label_map(tmp_path):
+    from monai_moe_reg.apps.registration import load_scan
+
+    arr = np.zeros((8, 8, 8, 2), np.uint8)
+    arr[2:4, 2:4, 2:4, 0] = 1
+    arr[5:7, 5:7, 5:7, 1] = 1
+    path = tmp_path / "lab.nii.gz"
+    nib.save(nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    lab = load_scan(path, "label", label=True)
+    assert lab.shape == (1, 8, 8, 8) and sorted(lab.unique().tolist()) == [0, 1, 2]
+    assert np.allclose(np.asarray(lab.affine), np.diag([2.0, 2.0, 2.0, 1.0]))
+    neg = tmp_path / "neg.nii.gz"
+    nib.save(nib.Nifti1Image(-arr[..., 0].astype(np.int16), np.eye(4)), str(neg))
+    with pytest.raises(ValueError, match="negative"):
+        load_scan(neg, "label", label=True)

@@ -73,9 +73,11 @@ def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: 
         raise ValueError(f"{what} '{path}' has a degenerate voxel-to-world affine (zero or singular); fix its header.")
     if label:
         if img.shape[0] > 1:  # multi-channel binary maps -> one integer map (channel c -> label c + 1)
+            from monai.data import MetaTensor
+
             from monai_moe_reg.metrics.registration import to_label_map
 
-            img = img.new_tensor(to_label_map(img.as_tensor()[None].float())[0]) if hasattr(img, "as_tensor") else img
+            img = MetaTensor(to_label_map(img.as_tensor()[None].float())[0], affine=img.affine)
         if (img < 0).any():
             raise ValueError(f"{what} '{path}' has negative values; label maps hold ids >= 0 (0 = background).")
         if not (img > 0).any():
