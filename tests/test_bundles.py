@@ -183,7 +183,7 @@ def _write(path: Path, shape, affine=np.eye(4)) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["missing", "dims", "label_shape"])
+@pytest.mark.parametrize("case", ["missing", "dims", "label_shape", "no_val_labels", "empty_training", "truncated"])
 def test_bad_datalists_fail_before_training(case, tmp_path, tiny_llm):
     data = tmp_path / "data"
     data.mkdir()
@@ -194,11 +194,25 @@ def test_bad_datalists_fail_before_training(case, tmp_path, tiny_llm):
     elif case == "dims":
         entry["fixed_image"] = _write(data / "f2d.nii.gz", (32, 32))
         error, match = ValueError, r"training\[0\].*3-D.*2-D"
-    else:
+    elif case == "label_shape":
         entry["moving_label"] = _write(data / "ml.nii.gz", (32, 32, 30))
         entry["fixed_label"] = _write(data / "fl.nii.gz", (32, 32, 32))
         error, match = ValueError, r"training\[0\].*moving_label shape"
-    (data / "datalist.json").write_text(json.dumps({"training": [entry], "validation": [entry]}))
+    sections = {"training": [entry], "validation": [entry]}
+    if case in ("no_val_labels", "empty_training", "truncated"):
+        labelled = {**entry, "moving_label": _write(data / "ml.nii.gz", (32, 32, 32)),
+                    "fixed_label": _write(data / "fl.nii.gz", (32, 32, 32))}
+        sections = {"training": [labelled], "validation": [labelled]}
+        if case == "no_val_labels":
+            sections["validation"] = [entry]
+            error, match = ValueError, r"validation\[0\].*no moving_label/fixed_label"
+        elif case == "empty_training":
+            sections["training"] = []
+            error, match = ValueError, r"section 'training' .* is empty"
+        else:
+            error, match = ValueError, r"datalist.json' is not valid JSON"
+    text = json.dumps(sections)
+    (data / "datalist.json").write_text(text[: len(text) // 2] if case == "truncated" else text)
     ov = tiny_overrides("shmoareg", tmp_path, tiny_llm)
     wf = workflow("shmoareg", "train.json", "train", max_epochs=1, **ov)
     started = []

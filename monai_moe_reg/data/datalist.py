@@ -86,12 +86,21 @@ def validate_pairs(pairs: Sequence[dict], section: str = "pairs") -> None:
                 )
 
 
-def load_pairs(datalist: str | os.PathLike, section: str, validate: bool = True) -> list[dict]:
-    """The pair entries of ``section`` of a datalist JSON, paths made absolute, subject lists expanded, validated."""
+def load_pairs(
+    datalist: str | os.PathLike, section: str, validate: bool = True, require_labels: bool = False
+) -> list[dict]:
+    """The pair entries of ``section`` of a datalist JSON, paths made absolute, subject lists expanded, validated.
+    An empty section is refused; with ``require_labels`` (the bundles' validation pairs, which select the best model
+    by Dice) so is a pair without both label maps."""
     path = Path(datalist)
     if not path.is_file():
         raise FileNotFoundError(f"datalist '{path}' does not exist.")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"datalist '{path}' is not valid JSON ({err.msg} at line {err.lineno}); is it truncated?") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"datalist '{path}' must hold a JSON object of sections, got a {type(data).__name__}.")
     if section not in data:
         raise KeyError(f"datalist '{path}' has no section '{section}' (it has {sorted(data)}).")
     sec = data[section]
@@ -102,6 +111,15 @@ def load_pairs(datalist: str | os.PathLike, section: str, validate: bool = True)
         pairs = expand_subject_pairs(subjects, sec.get("pairing", "all"), atlas)
     else:
         pairs = [{k: _resolve(v, root) if k in PAIR_KEYS else v for k, v in e.items()} for e in sec]
+    if not pairs:
+        raise ValueError(f"section '{section}' of datalist '{path}' is empty: add pairs (or subjects) to it.")
+    if require_labels:
+        unlabelled = [i for i, p in enumerate(pairs) if not (p.get("moving_label") and p.get("fixed_label"))]
+        if unlabelled:
+            raise ValueError(
+                f"{section}[{unlabelled[0]}] of datalist '{path}' has no moving_label/fixed_label: the best model is "
+                f"chosen by validation Dice, so every {section} pair needs both label maps ({len(unlabelled)} lack them)."
+            )
     if validate:
         validate_pairs(pairs, section)
     return pairs
