@@ -183,3 +183,16 @@ def test_multichannel_binary_label_files_become_one_label_map(tmp_path):
     nib.save(nib.Nifti1Image(-arr[..., 0].astype(np.int16), np.eye(4)), str(neg))
     with pytest.raises(ValueError, match="negative"):
         load_scan(neg, "label", label=True)
+
+
+def test_non_finite_network_output_is_an_error_not_a_silent_nan_field(tmp_path):
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 3, *x.shape[2:]), float("nan"))
+
+    base = Registrar.from_bundle(SHMOAREG, network="off")
+    registrar = Registrar(Broken(), base.config)
+    pair = synthetic_pair((32, 32, 32), max_disp=2.0, seed=1)
+    files = _files(tmp_path, pair)
+    with pytest.raises(ValueError, match="non-finite displacements"):
+        registrar(files["fixed_image"], files["moving_image"])

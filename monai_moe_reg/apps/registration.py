@@ -220,6 +220,9 @@ class Registrar:
         mov = warp_through(pool_to(moving, fm), matrix.to(self.device), grid.shape)
         with torch.no_grad():
             ddf = self.network(torch.cat([mov, pool_to(fixed, ff)], dim=1)).float()
+        if not torch.isfinite(ddf).all():
+            raise ValueError("the network returned non-finite displacements for this pair: check the scans' intensity "
+                             "range and the bundle's intensity modes, or register without it (--network off).")
         return ddf, grid
 
     def __call__(
@@ -289,6 +292,9 @@ class Registrar:
                 deformable = u0 if u0 is not None else torch.zeros(1, dims, *fixed_grid.shape, device=self.device)
             else:
                 deformable = compose(residual, u0)
+        if not torch.isfinite(deformable).all():
+            raise ValueError("instance optimisation diverged (non-finite displacements): lower its lr (--lr) or raise "
+                             "its regularisation (--io-lambda).")
         times["instance_optimisation"] = time.perf_counter() - t
 
         t = time.perf_counter()
