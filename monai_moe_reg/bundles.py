@@ -36,10 +36,15 @@ def locate(name: str) -> str:
     )
 
 
+def checkpoints_newest_first(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> list[Path]:
+    """The ``<prefix>*.pt`` files in ``ckpt_dir`` (the resumable checkpoints the train configs save), newest first."""
+    return sorted(Path(ckpt_dir).glob(f"{prefix}*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> Path | None:
-    """Newest ``<prefix>*.pt`` in ``ckpt_dir`` (the resumable checkpoints the train configs save every epoch)."""
-    files = sorted(Path(ckpt_dir).glob(f"{prefix}*.pt"), key=lambda p: p.stat().st_mtime)
-    return files[-1] if files else None
+    """Newest ``<prefix>*.pt`` in ``ckpt_dir``."""
+    files = checkpoints_newest_first(ckpt_dir, prefix)
+    return files[0] if files else None
 
 
 def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: dict) -> str:
@@ -52,7 +57,7 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
     import torch
     from ignite.handlers import Checkpoint
 
-    files = sorted(Path(ckpt_dir).glob("checkpoint*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    files = checkpoints_newest_first(ckpt_dir)
     if not files:
         raise FileNotFoundError(f"resume=True but no checkpoint*.pt in '{ckpt_dir}'; train once without resume first.")
     for path in files:

@@ -11,7 +11,6 @@ import io
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

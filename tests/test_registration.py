@@ -196,3 +196,9 @@ def test_non_finite_network_output_is_an_error_not_a_silent_nan_field(tmp_path):
     files = _files(tmp_path, pair)
     with pytest.raises(ValueError, match="non-finite displacements"):
         registrar(files["fixed_image"], files["moving_image"])
+
+
+def test_an_unknown_setting_in_the_registration_section_is_named():
+    with pytest.raises(ValueError, match=r"unknown settings \['lamda_reg'\]"):
+        reg = Registrar.from_bundle(SHMOAREG, network="off", overrides={"instance_optimisation": {"lamda_reg": 2.0}})
+        reg._stage("instance_optimisation")

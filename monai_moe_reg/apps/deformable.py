@@ -52,7 +52,7 @@ def optimise_pyramid(
     steps: Sequence[int] | int = 100,
     lr: float = 0.5,
     smoothing: int = 1,
-    diffeomorphic: bool = True,
+    diffeomorphic: bool = False,
     integration_steps: int = 5,
     initial: tuple[torch.Tensor, Grid] | None = None,
     tol: float = 1e-4,

@@ -114,7 +114,6 @@ class RegistrationResult:
     world_affine: torch.Tensor
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
-    moving_image: torch.Tensor | None = None
 
 
 class Registrar:
@@ -200,6 +199,21 @@ class Registrar:
         )
 
     # ------------------------------------------------------------------ steps
+    def _stage(self, name: str) -> dict:
+        """The keyword arguments of a stage from the bundle's ``registration::<name>`` section (the functions'
+        own defaults fill what the section leaves out), or a ``ValueError`` naming an unknown key."""
+        import inspect
+
+        fn = affine_register if name == "affine" else optimise_pyramid
+        cfg = dict(self.config[name])
+        inputs = {"fixed", "fixed_grid", "moving", "moving_grid", "transform", "initial", "progress"}
+        allowed = set(inspect.signature(fn).parameters) - inputs
+        unknown = set(cfg) - allowed
+        if unknown:
+            raise ValueError(f"the bundle's registration::{name} section has unknown settings {sorted(unknown)}; "
+                             f"allowed: {sorted(allowed)}.")
+        return cfg
+
     def _scaled(self, img, mode: str) -> torch.Tensor:
         from monai_moe_reg.data.transforms import intensity_transform
 
@@ -262,10 +276,7 @@ class Registrar:
         t = time.perf_counter()
         world = torch.eye(4, dtype=torch.float64)
         if affine != "off":
-            cfg = self.config["affine"]
-            world = affine_register(f_s, fixed_grid, m_s, moving_grid, cfg["similarity"],
-                                    levels=cfg.get("levels", (4, 2)), steps=cfg.get("steps", 100),
-                                    lr=cfg.get("lr", 0.01), tol=cfg.get("tol", 1e-4), patience=cfg.get("patience", 10))
+            world = affine_register(f_s, fixed_grid, m_s, moving_grid, **self._stage("affine"))
         times["affine"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -276,14 +287,9 @@ class Registrar:
 
         t = time.perf_counter()
         residual = None
-        cfg = self.config["instance_optimisation"]
         if instance_opt and affine != "only":
-            w, w_grid, info = optimise_pyramid(
-                f_s, fixed_grid, m_s, moving_grid, world, cfg["similarity"], lambda_reg=cfg.get("lambda_reg", 1.0),
-                levels=cfg.get("levels", (4, 2)), steps=cfg.get("steps", 100), lr=cfg.get("lr", 0.5),
-                smoothing=cfg.get("smoothing", 1), diffeomorphic=cfg.get("diffeomorphic", False),
-                integration_steps=cfg.get("integration_steps", 5), initial=initial, tol=cfg.get("tol", 1e-4),
-                patience=cfg.get("patience", 10), progress=progress)
+            w, w_grid, info = optimise_pyramid(f_s, fixed_grid, m_s, moving_grid, world, initial=initial,
+                                               progress=progress, **self._stage("instance_optimisation"))
             residual = resample_field(w, w_grid, fixed_grid)
             times["io_steps"] = info["steps"]
         with torch.no_grad():
@@ -320,7 +326,7 @@ class Registrar:
         times["total"] = time.perf_counter() - t0
         return RegistrationResult(
             fixed=fix, warped_image=warped, warped_label=warped_label, ddf=total[0].cpu(),
-            deformable=deformable[0].cpu(), world_affine=world, metrics=metrics, timings=times, moving_image=mov,
+            deformable=deformable[0].cpu(), world_affine=world, metrics=metrics, timings=times,
         )
 
     @staticmethod

@@ -1,20 +1,16 @@
-"""Instance optimisation of one pair after the network: refine the displacement field itself, or fine-tune a copy of
-the network.
+"""Single-grid instance optimisation of one pair after the network: refine the displacement field itself (used by
+``bench/accuracy.py``; ``monai-moe-reg register`` uses the multi-resolution :mod:`monai_moe_reg.apps.deformable`).
 
 ``optimise_field`` is the usual meaning of instance optimisation in learned registration (as in the Learn2Reg
 challenge entries): the network's DDF is the initial value of a field that Adam then fits to this one pair under an
 image similarity plus MONAI's ``DiffusionLoss``. The field is kept on a grid ``coarsen`` times coarser than the
 fixed image, box-filtered and upsampled linearly (cheap smoothness priors, as in ConvexAdam's Adam stage). Neither MONAI nor the two papers provide it, so it is
-written here. ``finetune_network`` instead runs Adam on a copy of the network's weights with its training loss; it
-is slower (a network forward and backward per step) and, from a trained model, Adam's first steps can move the
-small-initialised flow heads far (see README, accuracy benchmark).
+written here.
 """
 
 from __future__ import annotations
 
-import copy
 import sys
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +21,7 @@ from tqdm import tqdm
 
 from monai_moe_reg.networks.blocks.flow import upsample_ddf
 
-__all__ = ["IO_MODES", "finetune_network", "optimise_field"]
-
-IO_MODES = ("field", "network")
+__all__ = ["optimise_field"]
 
 
 def optimise_field(
@@ -96,35 +90,3 @@ def _smooth(field: torch.Tensor, times: int) -> torch.Tensor:
     for _ in range(times):
         field = pool(field, 3, stride=1, padding=1, count_include_pad=False)
     return field
-
-
-def finetune_network(
-    network: nn.Module,
-    moving: torch.Tensor,
-    fixed: torch.Tensor,
-    loss_fn: nn.Module,
-    steps: int,
-    lr: float = 3e-4,
-    network_size: Sequence[int] | None = None,
-    progress: bool = True,
-) -> nn.Module:
-    """Fine-tune a copy of ``network`` on one pair ``(1, C, *S)`` for ``steps`` Adam steps of ``loss_fn.batch_loss``
-    (an unsupervised loss: only ``moving_image``/``fixed_image`` are given). With ``network_size`` the pair is resized
-    to it once and the loss is computed there. Returns the fine-tuned copy in eval mode (the original is untouched)."""
-    if network_size:
-        mode = "trilinear" if moving.ndim == 5 else "bilinear"
-        moving, fixed = (F.interpolate(t, size=tuple(network_size), mode=mode, align_corners=False) for t in (moving, fixed))
-    net = copy.deepcopy(network)
-    net.train()
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
-    batch = {"moving_image": moving, "fixed_image": fixed}
-    bar = tqdm(range(steps), desc="instance optimisation (network)", file=sys.stdout, disable=not progress)
-    for _ in bar:
-        ddf = net(torch.cat([moving, fixed], dim=1))
-        terms = loss_fn.batch_loss(net, batch, ddf)
-        opt.zero_grad()
-        terms["loss"].backward()
-        opt.step()
-        bar.set_postfix(loss=f"{terms['loss'].item():.5f}")
-    net.eval()
-    return net
