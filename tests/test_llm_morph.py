@@ -139,8 +139,11 @@ def test_llm_none_needs_an_explicit_ablation_and_other_bad_arguments(llama_dir):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_amp_forward_backward(llama_dir, dtype):
+    # 48^3, not 32^3: PyTorch's CPU bfloat16 Conv3d weight gradient is intermittently NaN when the input grid is
+    # 2x2x2 (the 1/16 level of a 32^3 volume; reproduced with a bare nn.Conv3d, ~10 % of calls under AVX2).
+    torch.manual_seed(0)
     net = LLMMorph(str(llama_dir), llm_layers=(2, 5), lora_rank=4, **TINY)
-    pair = synthetic_pair((32, 32, 32), seed=3)
+    pair = synthetic_pair((48, 48, 48), seed=3)
     x = torch.cat([pair["moving_image"], pair["fixed_image"]], 0)[None]
     with torch.autocast("cpu", dtype=dtype):
         ddf = net(x)
