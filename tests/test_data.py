@@ -36,7 +36,7 @@ def test_load_pairs_from_subject_lists_with_relative_paths(tmp_path):
     (tmp_path / "datalist.json").write_text(json.dumps({"training": {"subjects": [{"image": f"s{i}.nii.gz"} for i in range(3)]}}))
     pairs = load_pairs(tmp_path / "datalist.json", "training")
     assert len(pairs) == 6 and all(p["fixed_image"].startswith(str(tmp_path)) for p in pairs)
-    with pytest.raises(KeyError, match="validation"):
+    with pytest.raises(ValueError, match="validation"):
         load_pairs(tmp_path / "datalist.json", "validation")
     with pytest.raises(FileNotFoundError, match="datalist"):
         load_pairs(tmp_path / "missing.json", "training")
@@ -87,6 +87,13 @@ def test_pair_transforms_intensities_and_spacing(tmp_path):
     assert float(moving.max()) <= 1.0
     with pytest.raises(ValueError, match="intensity"):
         pair_transforms(moving_intensity="zscore")
+    bad = ct.copy()
+    bad[2, 3, 4] = np.nan
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    with pytest.raises(RuntimeError) as err:  # MONAI's Compose wraps a transform's error, keeping it as the cause
+        pair_transforms()({**entry, "moving_image": str(tmp_path / "nan.nii.gz")})
+    assert isinstance(err.value.__cause__, ValueError)
+    assert "moving_image" in str(err.value.__cause__) and "nan.nii.gz contains NaN or Inf" in str(err.value.__cause__)
 
 
 @pytest.mark.parametrize(

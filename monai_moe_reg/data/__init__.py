@@ -14,7 +14,7 @@ from monai_moe_reg.data.synthetic import (
     synthetic_pair,
     warp_image,
 )
-from monai_moe_reg.data.transforms import INTENSITY_MODES, intensity_transform, pair_transforms
+from monai_moe_reg.data.transforms import INTENSITY_MODES, CheckFinited, intensity_transform, pair_transforms
 
 __all__ = [
     "DATALIST_NAME",
@@ -29,6 +29,7 @@ __all__ = [
     "labels_to_image",
     "load_pairs",
     "pair_transforms",
+    "CheckFinited",
     "random_smooth_ddf",
     "synthetic_pair",
     "validate_pairs",

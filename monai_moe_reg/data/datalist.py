@@ -102,7 +102,7 @@ def load_pairs(
     if not isinstance(data, dict):
         raise ValueError(f"datalist '{path}' must hold a JSON object of sections, got a {type(data).__name__}.")
     if section not in data:
-        raise KeyError(f"datalist '{path}' has no section '{section}' (it has {sorted(data)}).")
+        raise ValueError(f"datalist '{path}' has no section '{section}' (it has {sorted(data)}).")
     sec = data[section]
     root = path.parent
     if isinstance(sec, dict):

@@ -4,13 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from monai import transforms as mt
+from monai.config import KeysCollection
 
 from monai_moe_reg.data.datalist import IMAGE_KEYS, LABEL_KEYS, PAIR_KEYS
 
-__all__ = ["INTENSITY_MODES", "intensity_transform", "pair_transforms"]
+__all__ = ["INTENSITY_MODES", "CheckFinited", "intensity_transform", "pair_transforms"]
 
 INTENSITY_MODES = ("minmax", "ct", "mr", "none")
+
+
+class CheckFinited(mt.MapTransform):
+    """Raise a ``ValueError`` naming the file when a loaded image holds NaN or Inf values.
+
+    Runs in the data loader (on the CPU, once per load), so the networks can skip their own per-forward value check
+    (``check_values=False``) and the training loop never waits on a GPU-to-host sync for it.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if not bool(torch.isfinite(torch.as_tensor(img)).all()):
+                source = getattr(img, "meta", {}).get("filename_or_obj", "<in memory>")
+                raise ValueError(
+                    f"{key} {source} contains NaN or Inf voxels; fix or mask the image (e.g. nan_to_num) before use."
+                )
+        return d
 
 
 def intensity_transform(key: str, mode: str) -> mt.MapTransform | None:
@@ -35,7 +59,7 @@ def pair_transforms(
     resample_moving_to_fixed: bool = True,
     pixdim: Sequence[float] | None = None,
 ) -> mt.Compose:
-    """Load a pair, put channels first, orient it, optionally resample the fixed image (and label) to ``pixdim`` mm,
+    """Load a pair, put channels first, refuse NaN/Inf images (naming the file), orient it, optionally resample the fixed image (and label) to ``pixdim`` mm,
     resample the moving image (and label, nearest) onto the fixed grid, scale intensities, and optionally resize
     everything to ``spatial_size`` (the network's training size; labels nearest). Label keys are optional.
 
@@ -46,6 +70,7 @@ def pair_transforms(
     steps: list = [
         mt.LoadImaged(list(PAIR_KEYS), allow_missing_keys=True, image_only=True),
         mt.EnsureChannelFirstd(list(PAIR_KEYS), allow_missing_keys=True),
+        CheckFinited(list(IMAGE_KEYS)),
     ]
     if orientation:
         steps.append(mt.Orientationd(list(PAIR_KEYS), axcodes=orientation, allow_missing_keys=True))

@@ -8,17 +8,22 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_pair_input", "pad_to_multiple", "crop_spatial"]
+__all__ = ["check_pair_input", "check_pair_output", "pad_to_multiple", "crop_spatial"]
 
 
-def check_pair_input(x: torch.Tensor, spatial_dims: int, channels: int = 2, name: str = "network") -> None:
-    """Raise a ``ValueError`` naming the problem unless ``x`` is a finite ``(B, channels, *S)`` tensor.
+def check_pair_input(
+    x: torch.Tensor, spatial_dims: int, channels: int = 2, name: str = "network", check_values: bool = True
+) -> None:
+    """Raise a ``ValueError`` naming the problem unless ``x`` is a non-empty floating-point ``(B, channels, *S)``
+    tensor (and, with ``check_values``, finite).
 
     Args:
         x: the network input, moving and fixed images concatenated on channels.
         spatial_dims: expected number of spatial dimensions.
         channels: expected channel count (2: one moving and one fixed channel).
         name: the network's name for the message.
+        check_values: also look at the values (NaN/Inf). This reads the tensor back to the host, a GPU sync, so
+            training loops whose data pipeline already checked its images (the bundles' ``CheckFinited``) turn it off.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} expects a torch.Tensor shaped (B, {channels}, *spatial), got {type(x).__name__}.")
@@ -32,10 +37,23 @@ def check_pair_input(x: torch.Tensor, spatial_dims: int, channels: int = 2, name
             f"{name} expects {channels} channels (moving and fixed concatenated: torch.cat([moving, fixed], dim=1)), "
             f"got {x.shape[1]} channels in shape {tuple(x.shape)}."
         )
+    if x.shape[0] == 0 or any(s == 0 for s in x.shape[2:]):
+        raise ValueError(f"{name} got an empty input of shape {tuple(x.shape)}; it needs at least one pair and one voxel.")
     if not x.is_floating_point():
         raise ValueError(f"{name} expects a floating-point tensor, got dtype {x.dtype}; call .float() first.")
-    if not bool(torch.isfinite(x).all()):
+    if check_values and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} input contains NaN or Inf values; clean or mask the images before registration.")
+
+
+def check_pair_output(ddf: torch.Tensor, x: torch.Tensor, name: str = "network") -> None:
+    """Raise a ``ValueError`` if the network turned the finite input ``x`` into a non-finite ``ddf`` (typically
+    intensities far outside the [0, 1] range the networks are trained on overflow a layer)."""
+    if not bool(torch.isfinite(ddf).all()):
+        lo, hi = float(x.min()), float(x.max())
+        raise ValueError(
+            f"{name} produced a non-finite displacement field from an input with intensities in [{lo:.3g}, {hi:.3g}]; "
+            "scale the images to about [0, 1] first (the bundles' preprocessing does: ScaleIntensityd)."
+        )
 
 
 def pad_to_multiple(
