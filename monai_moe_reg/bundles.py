@@ -47,11 +47,15 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
     return files[0] if files else None
 
 
-def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: dict) -> str:
+def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: dict) -> str | None:
     """Restore network, optimizer and trainer state (epoch, iteration) from the newest readable checkpoint *now*,
     before the run starts, so the validation that runs at start already sees the resumed weights and training
     continues at the next epoch (the run's own ``max_epochs`` is kept). Unreadable checkpoints (e.g. a file a kill
-    truncated in an older version) are skipped with a warning; raises if none can be read."""
+    truncated in an older version) are skipped with a warning; raises if there are checkpoints but none can be read.
+
+    With no checkpoint at all (a run killed before its first epoch ended) it logs a warning and returns ``None``: the
+    run starts from the beginning, so a job scheduler can always requeue with ``--resume true`` (nnU-Net's ``--c``
+    does the same)."""
     import logging
 
     import torch
@@ -59,7 +63,9 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
 
     files = checkpoints_newest_first(ckpt_dir)
     if not files:
-        raise FileNotFoundError(f"resume=True but no checkpoint*.pt in '{ckpt_dir}'; train once without resume first.")
+        logging.getLogger(__name__).warning(
+            "resume=True but no checkpoint*.pt in '%s' yet: starting a new run from epoch 1.", ckpt_dir)
+        return None
     for path in files:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=False)

@@ -96,3 +96,17 @@ def test_loss_terms_are_scalars_for_the_loggers():
     out = {"image": torch.zeros(1, 2, 4, 4, 4), "pred": torch.zeros(1, 3, 4, 4, 4), "loss": torch.tensor(0.5),
            "sim": 0.25, "reg": 0.1}
     assert loss_terms(out) == {"loss": 0.5, "sim": 0.25, "reg": pytest.approx(0.1)}
+
+
+def test_resume_without_any_checkpoint_starts_a_new_run(tmp_path, caplog):
+    import logging
+
+    from monai_moe_reg.bundles import resume_from_latest
+
+    trainer = Engine(lambda e, b: None)
+    with caplog.at_level(logging.WARNING, logger="monai_moe_reg.bundles"):
+        assert resume_from_latest(trainer, tmp_path, {"trainer": trainer}) is None
+    assert "starting a new run" in caplog.text and trainer.state.epoch == 0
+    (tmp_path / "checkpoint_checkpoint_epoch=1.pt").write_bytes(b"torn")
+    with pytest.raises(ValueError, match="no readable checkpoint"):
+        resume_from_latest(trainer, tmp_path, {"trainer": trainer})

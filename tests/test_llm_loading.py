@@ -53,6 +53,17 @@ def test_gguf_layers_match_the_original_weights(tmp_path):
             assert torch.allclose(v, state[f"model.layers.{idx}.{k}"]), k
 
 
+def test_truncated_or_garbage_gguf_is_named(tmp_path):
+    write_tiny_gguf(tmp_path / "tiny.gguf", num_layers=2)
+    data = (tmp_path / "tiny.gguf").read_bytes()
+    for name, content in [("half", data[: len(data) // 2]), ("head", data[:100]), ("junk", b"\x00junk" * 100),
+                          ("empty", b""), ("version", b"GGUF" + b"\xff" * 64)]:
+        bad = tmp_path / f"{name}.gguf"
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"GGUF file '.*{name}\.gguf' cannot be read .* truncated"):
+            load_decoder_layers(bad, (1,))
+
+
 def test_bad_sources(tmp_path, sharded, monkeypatch):
     folder, _ = sharded
     with pytest.raises(FileNotFoundError, match="does not exist"):

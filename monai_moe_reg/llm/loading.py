@@ -160,6 +160,20 @@ def _read_safetensors(folder: Path, prefixes: list[str], dtype: torch.dtype | No
     return tensors
 
 
+def _unreadable_gguf_is_named(path: Path, read, *args):
+    """Run ``read(*args)``; a truncated or foreign file (the gguf reader raises numpy/struct errors) becomes one
+    ``ValueError`` naming the file and what to do."""
+    try:
+        return read(*args)
+    except (ValueError, KeyError, IndexError, OSError, EOFError) as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(
+            f"GGUF file '{path}' cannot be read ({type(err).__name__}: {err}); it is truncated or not a GGUF model. "
+            "Download it again (python -m monai_moe_reg.llm.fetch) or pass a Hugging Face model folder."
+        ) from err
+
+
 def _gguf_config(path: Path):
     from transformers import AutoConfig
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -253,14 +267,14 @@ def load_decoder_layers(
     if kind == "folder":
         config, config_dict = AutoConfig.from_pretrained(str(path), trust_remote_code=False), None
     else:
-        config, config_dict = _gguf_config(path)
+        config, config_dict = _unreadable_gguf_is_named(path, _gguf_config, path)
     indices = _check_indices(layers, int(config.num_hidden_layers))
     base = _meta_model(config)
     prefixes = [f"model.layers.{i}." for i in indices]
     if kind == "folder":
         tensors = _read_safetensors(path, prefixes, dtype)
     else:
-        tensors = _read_gguf(path, base, config_dict, indices, dtype)
+        tensors = _unreadable_gguf_is_named(path, _read_gguf, path, base, config_dict, indices, dtype)
     built = []
     for i, prefix in zip(indices, prefixes):
         layer = base.layers[i]

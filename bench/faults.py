@@ -1,0 +1,350 @@
+"""Bad inputs and faults against the CLI, the network API, checkpoints, datalists and LLM sources.
+
+Every case says what a careful user should get: a clear error (one line, naming the problem) or a correct result.
+Each outcome is classified as
+
+- ``clean error``: the expected refusal, one line (CLI: exit status 2 and one stderr line; API: ``ValueError`` /
+  ``FileNotFoundError`` / ``IndexError``), nothing written;
+- ``worked``: the expected result, checked;
+- ``traceback``: any other exception (or a multi-line CLI error);
+- ``silent wrong``: a result where an error was due, or a result that fails its check;
+- ``half-written``: a refusal that left files in the output folder.
+
+    python bench/faults.py --out bench/results/faults.md
+
+Small synthetic files (32^3) are written to a temporary folder; no real data is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHMOAREG = str(ROOT / "bundles" / "shmoareg")
+API_ERRORS = (ValueError, FileNotFoundError, IndexError)
+
+
+def save(arr, path, affine=None) -> str:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else np.asarray(affine, dtype=np.float64)
+    if abs(np.linalg.det(affine[:3, :3])) > 0:
+        nib.save(nib.Nifti1Image(np.asarray(arr), affine), str(path))
+        return str(path)
+    hdr = nib.Nifti1Image(np.asarray(arr), np.eye(4)).header.copy()  # nibabel will not build a degenerate affine
+    for i, row in enumerate(("srow_x", "srow_y", "srow_z")):
+        hdr[row][:] = affine[i]
+    hdr["sform_code"], hdr["qform_code"] = 1, 0
+    nib.save(nib.Nifti1Image(np.asarray(arr), None, header=hdr), str(path))
+    return str(path)
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    from monai_moe_reg.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, err.getvalue().strip()
+
+
+def classify_cli(args, expect: str, out: Path, check=None) -> tuple[str, str]:
+    try:
+        code, err = run_cli(args)
+    except Exception as e:  # noqa: BLE001 - an escaped exception is what we count
+        return "traceback", f"{type(e).__name__}: {str(e)[:120]}"
+    written = out.is_dir() and any(out.rglob("*"))
+    if code == 2:
+        if expect != "error":
+            return "unexpected refusal", err[:160]
+        if written:
+            return "half-written", err[:160]
+        return ("clean error", err[:160]) if len(err.splitlines()) == 1 else ("traceback", err.splitlines()[-1][:160])
+    if code != 0:
+        return "traceback", err.splitlines()[-1][:160] if err else f"exit {code}"
+    if expect == "error":
+        return "silent wrong", "accepted"
+    try:
+        ok, why = check() if check else (True, "")
+    except Exception as e:  # noqa: BLE001
+        ok, why = False, f"check failed: {type(e).__name__}: {e}"
+    return ("worked", why) if ok else ("silent wrong", why)
+
+
+def classify_api(fn, expect: str, check=None) -> tuple[str, str]:
+    try:
+        result = fn()
+    except API_ERRORS as e:
+        msg = str(e)
+        if expect == "error":
+            return ("clean error", msg[:160]) if len(msg.splitlines()) == 1 else ("traceback", msg[:160])
+        return "traceback", msg[:160]
+    except Exception as e:  # noqa: BLE001
+        return "traceback", f"{type(e).__name__}: {str(e)[:140]}"
+    if expect == "error":
+        return "silent wrong", "accepted"
+    ok, why = check(result) if check else (True, "")
+    return ("worked", why) if ok else ("silent wrong", why)
+
+
+def cases(d: Path):
+    """Yield ``(group, name, runner)``; each runner returns ``(outcome, detail)``."""
+    from monai_moe_reg.bundles import bundle_config
+    from monai_moe_reg.data import load_pairs, synthetic_pair
+    from monai_moe_reg.bundles import load_network_weights
+    from monai_moe_reg.llm import load_decoder_layers
+
+    pair = synthetic_pair((32, 32, 32), max_disp=3.0, seed=5)
+    img = lambda t: t[0].numpy().astype(np.float32)  # noqa: E731
+    lab = lambda t: t[0].numpy().astype(np.int16)  # noqa: E731
+    f = {"fixed": save(img(pair["fixed_image"]), d / "fixed.nii.gz"),
+         "moving": save(img(pair["moving_image"]), d / "moving.nii.gz"),
+         "fixed_label": save(lab(pair["fixed_label"]), d / "fixed_seg.nii.gz"),
+         "moving_label": save(lab(pair["moving_label"]), d / "moving_seg.nii.gz")}
+    net = bundle_config(SHMOAREG).get_parsed_content("network_def")
+    ckpt = d / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    ckpt_bytes = ckpt.read_bytes()
+
+    def bad(name: str, content: bytes) -> str:
+        (d / name).write_bytes(content)
+        return str(d / name)
+
+    def variant(name: str, arr, affine=None) -> str:
+        return save(arr, d / name, affine)
+
+    mov = img(pair["moving_image"])
+    nan, inf = mov.copy(), mov.copy()
+    nan[3, 4, 5], inf[3, 4, 5] = np.nan, np.inf
+    big_ids = lab(pair["moving_label"]).astype(np.int32) * 10000
+    big_fixed = lab(pair["fixed_label"]).astype(np.int32) * 10000
+    counter = iter(range(10**6))
+
+    def cli(extra: list[str], expect: str, check=None, base: bool = True):
+        out = d / f"out{next(counter)}"
+        args = (["register", "--fixed", f["fixed"], "--bundle", SHMOAREG, "--checkpoint", str(ckpt),
+                 "--instance-opt", "3", "--output", str(out)] if base else []) + extra
+        chk = (lambda: check(out)) if check else None
+        return lambda: classify_cli(args, expect, out, chk)
+
+    def outputs(out: Path) -> dict:
+        folder = next(p for p in out.iterdir() if p.is_dir())
+        return {p.name: p for p in folder.iterdir()}
+
+    def labels_kept(out):
+        w = nib.load(str(outputs(out)["warped_label.nii.gz"])).get_fdata()
+        ids = set(np.unique(w).astype(int)) - {0}
+        return ids <= set(np.unique(big_ids).astype(int)) and max(ids) >= 40000, f"label ids {sorted(ids)[:3]}..."
+
+    def has(name):
+        return lambda out: (name in outputs(out), f"{name} written")
+
+    def finite_metrics(out):
+        m = json.loads(outputs(out)["metrics.json"].read_text())
+        return all(np.isfinite(v) for v in m.values() if isinstance(v, float)), "finite metrics"
+
+    mv = ["--moving", f["moving"]]
+    cli_cases = {
+        "moving is a text file": cli(["--moving", bad("notes.nii.gz", b"not an image")], "error"),
+        "missing moving file": cli(["--moving", str(d / "nope.nii.gz")], "error"),
+        "2-D moving image": cli(["--moving", variant("flat.nii.gz", mov[:, :, 0])], "error"),
+        "NaN voxel": cli(["--moving", variant("nan.nii.gz", nan)], "error"),
+        "Inf voxel": cli(["--moving", variant("inf.nii.gz", inf)], "error"),
+        "4-D image, 3 components": cli(["--moving", variant("vec.nii.gz", np.stack([mov] * 3, -1))], "error"),
+        "zero sform/qform affine": cli(["--moving", variant("zero_aff.nii.gz", mov, np.zeros((4, 4)))], "error"),
+        "singular affine": cli(["--moving", variant("sing.nii.gz", mov, np.diag([1.0, 0.0, 1.0, 1.0]))], "error"),
+        "intensities x1e30": cli(["--moving", variant("huge.nii.gz", mov * 1e30)], "works", finite_metrics),
+        "constant (all-zero) moving": cli(["--moving", variant("zeros.nii.gz", np.zeros_like(mov))], "works",
+                                          finite_metrics),
+        "1x1x1 moving image": cli(["--moving", variant("one.nii.gz", np.ones((1, 1, 1), np.float32))], "error"),
+        "empty moving label": cli(mv + ["--moving-label", variant("empty.nii.gz", np.zeros((32,) * 3, np.int16)),
+                                        "--fixed-label", f["fixed_label"]], "error"),
+        "negative label values": cli(mv + ["--moving-label", variant("neg.nii.gz", -lab(pair["moving_label"])),
+                                           "--fixed-label", f["fixed_label"]], "error"),
+        "label ids above 32767": cli(mv + ["--moving-label", variant("big.nii.gz", big_ids), "--fixed-label",
+                                           variant("bigf.nii.gz", big_fixed)], "works", labels_kept),
+        # a label map on its own grid is placed by its affine (world coordinates), as ITK and ANTs do
+        "label on another grid than its image": cli(mv + ["--moving-label", variant("small_seg.nii.gz",
+                                                          lab(pair["moving_label"])[:16]), "--fixed-label",
+                                                          f["fixed_label"]], "works", has("warped_label.nii.gz")),
+        "--fixed-label alone": cli(mv + ["--fixed-label", f["fixed_label"]], "error"),
+        "--moving-label alone (atlas)": cli(mv + ["--moving-label", f["moving_label"]], "works",
+                                            has("warped_label.nii.gz")),
+        "--instance-opt -5": cli(mv + ["--instance-opt=-5"], "error"),
+        "--io-lambda -1": cli(mv + ["--io-lambda=-1"], "error"),
+        "--lr 0": cli(mv + ["--lr", "0"], "error"),
+        "--affine bogus": cli(mv + ["--affine", "bogus"], "error"),
+        "--network bogus": cli(mv + ["--network", "bogus"], "error"),
+        "--device cuda without CUDA": cli(mv + ["--device", "cuda"], "error" if not torch.cuda.is_available()
+                                          else "works"),
+        "--device nonsense": cli(mv + ["--device", "tpu7"], "error"),
+        "--output is a file": cli(["register", "--fixed", f["fixed"], "--moving", f["moving"], "--bundle", SHMOAREG,
+                                   "--checkpoint", str(ckpt), "--output", bad("afile", b"x")], "error", base=False),
+        "--output 2024 (a number)": lambda: classify_cli(
+            ["register", "--fixed", f["fixed"], "--moving", f["moving"], "--bundle", SHMOAREG, "--checkpoint",
+             str(ckpt), "--instance-opt", "2", "--output", "2024"], "works", Path("2024"),
+            lambda: (Path("2024").is_dir(), "folder 2024")),
+        "no --output": cli(["register", "--fixed", f["fixed"], "--moving", f["moving"]], "error", base=False),
+        "bundle folder missing": cli(mv + ["--bundle", str(d / "nobundle")], "error"),
+        "checkpoint: random bytes": cli(mv + ["--checkpoint", bad("rand.pt", os.urandom(4096))], "error"),
+        "checkpoint: truncated": cli(mv + ["--checkpoint", bad("trunc.pt", ckpt_bytes[: len(ckpt_bytes) // 2])],
+                                     "error"),
+        "checkpoint: empty": cli(mv + ["--checkpoint", bad("empty.pt", b"")], "error"),
+        "--network on, no checkpoint": cli(["register", "--fixed", f["fixed"], "--moving", f["moving"], "--bundle",
+                                            SHMOAREG, "--checkpoint", str(d / "none.pt"), "--network", "on",
+                                            "--output", str(d / "outx")], "error", base=False),
+        "evaluate: missing datalist": cli(["evaluate", "--datalist", str(d / "none.json"), "--output",
+                                           str(d / "ev")], "error", base=False),
+    }
+    for name, run in cli_cases.items():
+        yield "CLI register/evaluate", name, run
+
+    small = lambda: net  # noqa: E731
+    x = torch.rand(1, 2, 32, 32, 32)
+    finite = lambda y: (bool(torch.isfinite(y).all()) and y.shape[1] == 3, f"shape {tuple(y.shape)}")  # noqa: E731
+    net.eval()
+    api = {
+        "3 channels": (lambda: small()(torch.rand(1, 3, 32, 32, 32)), "error", None),
+        "2-D tensor for a 3-D net": (lambda: small()(torch.rand(1, 2, 32, 32)), "error", None),
+        "NaN input": (lambda: small()(torch.full((1, 2, 32, 32, 32), float("nan"))), "error", None),
+        "integer tensor": (lambda: small()(torch.zeros(1, 2, 32, 32, 32, dtype=torch.long)), "error", None),
+        "a list of tensors": (lambda: small()([x[:, :1], x[:, 1:]]), "error", None),
+        "batch size 0": (lambda: small()(torch.rand(0, 2, 32, 32, 32)), "error", None),
+        "float16 input": (lambda: small()(x.half()), "works", finite),
+        "bfloat16 input": (lambda: small()(x.bfloat16()), "works", finite),
+        "float64 input": (lambda: small()(x.double()), "works", finite),
+        "1x1x1 input": (lambda: small()(torch.rand(1, 2, 1, 1, 1)), "works", finite),
+        "odd size 33x17x9": (lambda: small()(torch.rand(1, 2, 33, 17, 9)), "works",
+                             lambda y: (y.shape == (1, 3, 33, 17, 9), str(tuple(y.shape)))),
+        "input x1e30 (overflows a layer)": (lambda: small()(x * 1e30), "error", None),
+    }
+
+    def api_case(fn, expect, check):
+        def run():
+            with torch.no_grad():
+                return classify_api(fn, expect, check)
+        return run
+
+    for name, (fn, expect, check) in api.items():
+        yield "network API (SHMoAReg)", name, api_case(fn, expect, check)
+
+    other = d / "other.pt"
+    torch.save({"encoder_moving.levels.0.0.conv.weight": torch.zeros(1)}, other)
+    (d / "list.pt").write_bytes(b"")
+    torch.save([1, 2, 3], d / "list.pt")
+    fresh = lambda: bundle_config(SHMOAREG).get_parsed_content("network_def")  # noqa: E731
+    ck = {
+        "missing file": str(d / "missing.pt"), "random bytes": str(d / "rand.pt"), "truncated": str(d / "trunc.pt"),
+        "empty": str(d / "empty.pt"), "a pickled list": str(d / "list.pt"), "another network's weights": str(other),
+    }
+    for name, path in ck.items():
+        yield "checkpoint loading", name, (lambda p=path: classify_api(lambda: load_network_weights(fresh(), p),
+                                                                       "error"))
+    yield "checkpoint loading", "matching weights", lambda: classify_api(
+        lambda: load_network_weights(fresh(), str(ckpt)), "works")
+
+    def datalist(name, text):
+        p = d / name
+        p.write_text(text)
+        return str(p)
+
+    entry = {"moving_image": f["moving"], "fixed_image": f["fixed"]}
+    dl = {
+        "missing datalist": (str(d / "nope.json"), "training", False),
+        "truncated JSON": (datalist("trunc.json", '{"training": [{"moving_image": '), "training", False),
+        "JSON list, not an object": (datalist("list.json", "[1, 2]"), "training", False),
+        "empty training section": (datalist("empty.json", json.dumps({"training": []})), "training", False),
+        "missing section": (datalist("nosec.json", json.dumps({"validation": [entry]})), "training", False),
+        "entry without fixed_image": (datalist("nofix.json", json.dumps({"training": [{"moving_image": f["moving"]}]})),
+                                      "training", False),
+        "image file missing": (datalist("nofile.json", json.dumps({"training": [{**entry, "moving_image": "x.nii"}]})),
+                               "training", False),
+        "validation pairs without labels": (datalist("nolab.json", json.dumps({"validation": [entry]})), "validation",
+                                            True),
+    }
+    for name, (path, section, need_labels) in dl.items():
+        yield "datalists", name, (lambda p=path, s=section, r=need_labels: classify_api(
+            lambda: load_pairs(p, s, require_labels=r) if r else load_pairs(p, s), "error"))
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from llm_fixtures import write_sharded_llama, write_tiny_gguf
+
+    write_tiny_gguf(d / "tiny.gguf", num_layers=2)
+    gg = (d / "tiny.gguf").read_bytes()
+    write_sharded_llama(d / "llama", num_layers=8)
+    llm = {
+        "missing folder": (str(d / "nollm"), (0,)),
+        "GGUF truncated": (bad("t.gguf", gg[: len(gg) // 2]), (1,)),
+        "GGUF header only": (bad("h.gguf", gg[:100]), (1,)),
+        "GGUF garbage": (bad("g.gguf", b"\x00junk" * 100), (1,)),
+        "GGUF empty": (bad("e.gguf", b""), (1,)),
+        "not a .gguf file": (bad("w.bin", b"x"), (0,)),
+        "layer index out of range": (str(d / "llama"), (2, 11)),
+        "no layers": (str(d / "llama"), ()),
+        "shard missing": (None, (6,)),
+    }
+    for name, (src, layers) in llm.items():
+        def run(src=src, layers=layers):
+            if src is None:
+                import shutil
+
+                shutil.copytree(d / "llama", d / "llama_broken")
+                shards = sorted((d / "llama_broken").glob("*.safetensors"))
+                shards[-1].unlink()
+                src = str(d / "llama_broken")
+            return classify_api(lambda: load_decoder_layers(src, layers), "error")
+        yield "LLM sources", name, run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "faults.md"))
+    args = ap.parse_args()
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)  # relative outputs (--output 2024) land here
+        try:
+            for group, name, run in cases(Path(tmp)):
+                try:
+                    outcome, detail = run()
+                except Exception as e:  # noqa: BLE001 - a bench bug, reported as such
+                    outcome, detail = "bench error", "".join(traceback.format_exception_only(e)).strip()[:160]
+                rows.append((group, name, outcome, detail.replace("|", "/").replace("\n", " ")))
+                print(f"{group:24s} {name:34s} {outcome:13s} {detail[:90]}", flush=True)
+        finally:
+            os.chdir(cwd)
+    counts = Counter(r[2] for r in rows)
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("clean error", "worked", "traceback", "silent wrong",
+                                                        "half-written", "unexpected refusal", "bench error") if counts[k])
+    lines = [f"{len(rows)} bad inputs and faults: {summary}.", "",
+             "| group | case | outcome | message or check |", "|---|---|---|---|"]
+    lines += [f"| {g} | {n} | {o} | {t} |" for g, n, o, t in rows]
+    text = "\n".join(lines) + "\n"
+    Path(args.out).write_text(text)
+    print("\n" + lines[0])
+
+
+if __name__ == "__main__":
+    main()
