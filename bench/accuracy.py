@@ -47,7 +47,7 @@ from monai.networks.nets import LocalNet, VoxelMorph
 from torch import nn
 
 from monai_moe_reg.engines.instance_optimisation import optimise_field
-from monai_moe_reg.engines.utils import predict_ddf
+from monai_moe_reg.engines.utils import has_aux, predict_ddf
 from monai_moe_reg.llm import SMOLLM2, fetch_smollm2
 from monai_moe_reg.losses import LLMMorphLoss, MINDSSCLoss, SHMoARegLoss
 from monai_moe_reg.metrics.registration import METRIC_NAMES, registration_metrics, summarize_metrics
@@ -81,6 +81,7 @@ def local_net(channels: int = 16) -> nn.Module:
 def brain_models(size: int) -> dict[str, Callable[[], nn.Module]]:
     return {
         "SHMoAReg": lambda: SHMoAReg(img_size=size),
+        "SHMoAReg, mixture router": lambda: SHMoAReg(img_size=size, moe_gate_mode="mixture"),
         "SHMoAReg-diff": lambda: SHMoAReg(img_size=size, diffeomorphic=True),
         "SHMoAReg, MoA off": lambda: SHMoAReg(img_size=size, use_moa=False),
         "SHMoAReg, SHMoE off": lambda: SHMoAReg(img_size=size, use_shmoe=False),
@@ -120,8 +121,9 @@ def train_for(net: nn.Module, sampler, loss_fn: nn.Module, budget_s: float, lr: 
     losses, start = [], time.perf_counter()
     while time.perf_counter() - start < budget_s and (max_steps is None or len(losses) < max_steps):
         batch = sampler()
-        ddf = net(torch.cat([batch["moving_image"], batch["fixed_image"]], dim=1))
-        loss = loss_fn.batch_loss(net, batch, ddf)["loss"]
+        x = torch.cat([batch["moving_image"], batch["fixed_image"]], dim=1)
+        ddf, aux = net(x, return_aux=True) if loss_fn.needs_aux and has_aux(net) else (net(x), None)
+        loss = loss_fn.batch_loss(batch, ddf, aux)["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses)}; lower --lr.")
         opt.zero_grad()

@@ -30,7 +30,7 @@ def _evaluate(net: SHMoAReg, pairs: list[dict]) -> tuple[float, float, float]:
     net.eval()
     with torch.no_grad():
         for p in pairs:
-            ddf = net(torch.cat([p["moving_image"], p["fixed_image"]], 0)[None])
+            ddf, aux = net(torch.cat([p["moving_image"], p["fixed_image"]], 0)[None], return_aux=True)
             warped = warp_label(p["moving_label"][None].float(), ddf).long()
             before.append(dice_per_label(p["moving_label"][None], p["fixed_label"][None]).nanmean().item())
             after.append(dice_per_label(warped, p["fixed_label"][None]).nanmean().item())
@@ -83,8 +83,8 @@ def run(
     for step in range(steps):
         p = train[step % len(train)]
         moving, fixed = p["moving_image"][None], p["fixed_image"][None]
-        ddf = net(torch.cat([moving, fixed], 1))
-        terms = loss_fn(net, moving, fixed, ddf)
+        ddf, aux = net(torch.cat([moving, fixed], 1), return_aux=True)
+        terms = loss_fn(moving, fixed, ddf, aux)
         opt.zero_grad()
         terms["loss"].backward()
         opt.step()
@@ -96,7 +96,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     p = val[0]
     with torch.no_grad():
-        ddf = net(torch.cat([p["moving_image"], p["fixed_image"]], 0)[None])
+        ddf, aux = net(torch.cat([p["moving_image"], p["fixed_image"]], 0)[None], return_aux=True)
         warped = Warp()(p["moving_image"][None], ddf)[0]
     affine = np.eye(4)
     for name, arr in {
@@ -104,7 +104,7 @@ def run(
         "moving": p["moving_image"][0],
         "warped": warped[0],
         "ddf": ddf[0].permute(1, 2, 3, 0),
-        "expert_map_x": net.expert_maps[0][0, 0].to(torch.int16),
+        "expert_map_x": aux["expert_maps"][0][0, 0].to(torch.int16),
     }.items():
         nib.save(nib.Nifti1Image(arr.numpy(), affine), str(out / f"{name}.nii.gz"))
     torch.save(net.state_dict(), out / "shmoareg_demo.pt")

@@ -30,15 +30,13 @@ def test_minimising_rc_loss_moves_the_router_toward_the_targets():
     opt = torch.optim.Adam(layer.router.parameters(), lr=0.05)
 
     def step():
-        layer(x)
-        rec = [{"level": 0, "gates": layer.last_gates, "experts": layer.last_expert_outputs, "prior_ddf": None}]
-        return rc(rec, moving, fixed)
+        _, aux = layer(x, return_aux=True)
+        return rc([{"level": 0, **aux, "prior_ddf": None}], moving, fixed)
 
-    layer(x)
-    targets, valid = routing_targets(moving, fixed, layer.last_expert_outputs)
+    targets, valid = routing_targets(moving, fixed, layer(x, return_aux=True)[1]["experts"])
 
     def agreement():
-        return (layer.last_selection == targets.argmax(2))[valid].float().mean().item()
+        return (layer(x, return_aux=True)[1]["selection"] == targets.argmax(2))[valid].float().mean().item()
 
     first, acc0 = step().item(), agreement()
     for _ in range(60):
@@ -54,9 +52,10 @@ def test_minimising_rc_loss_moves_the_router_toward_the_targets():
 def test_rc_loss_on_network_records_and_padding():
     net = SHMoAReg(**tiny_shmoareg_kwargs())
     moving, fixed = torch.rand(1, 1, 13, 16, 10), torch.rand(1, 1, 13, 16, 10)  # padded to 16^3 inside
-    net(torch.cat([moving, fixed], 1))
-    assert [r["level"] for r in net.decoder.moe_records] == [0, 1]
-    loss = RoutingClassificationLoss()(net.decoder.moe_records, moving, fixed)
+    _, aux = net(torch.cat([moving, fixed], 1), return_aux=True)
+    assert [r["level"] for r in aux["moe"]] == [0, 1]
+    assert [tuple(r.shape[3:]) for r in aux["routing"]] == [(13, 16, 10), (7, 8, 5)]  # cropped to the input
+    loss = RoutingClassificationLoss()(aux["moe"], moving, fixed)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(layer.router.weight.grad is not None for layer in net.decoder.moe_layers())
@@ -66,13 +65,13 @@ def test_shmoareg_loss_terms():
     net = SHMoAReg(**tiny_shmoareg_kwargs())
     moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
     loss_fn = SHMoARegLoss(lambda_reg=0.1, lambda_rc=0.001)
-    ddf = net(torch.cat([moving, fixed], 1))
-    assert loss_fn(net, moving, fixed, ddf)["rc"] == 0  # at init all experts predict ~0: ties carry no label
+    ddf, aux = net(torch.cat([moving, fixed], 1), return_aux=True)
+    assert loss_fn(moving, fixed, ddf, aux)["rc"] == 0  # at init all experts predict ~0: ties carry no label
     for layer in net.decoder.moe_layers():
         for expert in layer.experts:
             torch.nn.init.normal_(expert.weight, 0, 0.05)
-    ddf = net(torch.cat([moving, fixed], 1))
-    terms = loss_fn(net, moving, fixed, ddf)
+    ddf, aux = net(torch.cat([moving, fixed], 1), return_aux=True)
+    terms = loss_fn(moving, fixed, ddf, aux)
     assert set(terms) == {"loss", "sim", "reg", "rc", "balance", "z"}
     expected = terms["sim"] + 0.1 * terms["reg"] + 0.001 * terms["rc"] + 1e-4 * terms["balance"] + 1e-5 * terms["z"]
     assert torch.allclose(terms["loss"], expected)

@@ -45,8 +45,8 @@ def test_gradients_reach_every_expert_and_router():
         for expert in layer.experts:
             torch.nn.init.normal_(expert.weight, 0, 0.05)
     moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
-    ddf = net(torch.cat([moving, fixed], 1))
-    SHMoARegLoss()(net, moving, fixed, ddf)["loss"].backward()
+    ddf, aux = net(torch.cat([moving, fixed], 1), return_aux=True)
+    SHMoARegLoss()(moving, fixed, ddf, aux)["loss"].backward()
     for layer in net.decoder.moe_layers():
         assert layer.router.weight.grad.abs().sum() > 0
         for k, expert in zip(layer.kernel_sizes, layer.experts):
@@ -60,9 +60,9 @@ def test_gradients_reach_every_expert_and_router():
 def test_ablation_flags():
     plain = SHMoAReg(use_moa=False, use_shmoe=False, **tiny_shmoareg_kwargs())
     assert not any(isinstance(m, MoAWindowAttention) for m in plain.modules())
-    ddf = plain(torch.rand(1, 2, 16, 16, 16))
+    ddf, aux = plain(torch.rand(1, 2, 16, 16, 16), return_aux=True)
     assert ddf.shape == (1, 3, 16, 16, 16)
-    assert plain.routing == [] and plain.moa_losses()["balance"] == 0
+    assert plain.routing == [] and aux["routing"] == [] and aux["moa_balance"] == 0
     moe_only = SHMoAReg(use_moa=False, **tiny_shmoareg_kwargs())
     moe_only(torch.rand(1, 2, 16, 16, 16))
     assert len(moe_only.routing) == 2
@@ -79,12 +79,36 @@ def test_ablation_flags():
         (torch.full((1, 2, 16, 16, 16), float("inf")), "Inf"),
         (torch.zeros(1, 2, 16, 16, 16, dtype=torch.long), "floating-point"),
         ([torch.rand(1, 1, 16, 16, 16)] * 2, "torch.Tensor"),
+        (torch.rand(0, 2, 16, 16, 16), "empty input"),
+        (torch.rand(1, 2, 16, 0, 16), "empty input"),
     ],
 )
 def test_bad_inputs(x, match):
     net = SHMoAReg(**tiny_shmoareg_kwargs())
     with pytest.raises(ValueError, match=match):
         net(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_and_tiny_images_run_at_the_weights_dtype(dtype):
+    net = SHMoAReg(**tiny_shmoareg_kwargs()).eval()
+    x = torch.rand(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        ref, out = net(x), net(x.to(dtype))
+        tiny = net(torch.rand(1, 2, 1, 1, 1))
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-2)
+    assert tiny.shape == (1, 3, 1, 1, 1) and torch.isfinite(tiny).all()
+
+
+def test_non_finite_output_is_an_error_unless_values_are_unchecked():
+    net = SHMoAReg(**tiny_shmoareg_kwargs()).eval()
+    with torch.no_grad():
+        for p in net.decoder.parameters():
+            p.fill_(1e30)
+        with pytest.raises(ValueError, match="non-finite displacement field .* scale the images"):
+            net(torch.rand(1, 2, 16, 16, 16))
+        net.check_values = False
+        assert not torch.isfinite(net(torch.full((1, 2, 16, 16, 16), float("nan")))).all()
 
 
 def test_bad_arguments():
@@ -107,8 +131,8 @@ def test_overfits_a_synthetic_pair(diffeomorphic):
     warp = Warp()
     before = ((moving - fixed) ** 2).mean().item()
     for _ in range(40):
-        ddf = net(torch.cat([moving, fixed], 1))
-        loss = loss_fn(net, moving, fixed, ddf)["loss"]
+        ddf, aux = net(torch.cat([moving, fixed], 1), return_aux=True)
+        loss = loss_fn(moving, fixed, ddf, aux)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()

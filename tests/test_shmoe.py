@@ -8,12 +8,13 @@ from monai_moe_reg.networks.blocks import SHMoE
 def test_shapes_and_records(spatial_dims):
     layer = SHMoE(spatial_dims, in_channels=6, kernel_sizes=(1, 3, 5))
     x = torch.randn(2, 6, *([7] * spatial_dims))
-    out = layer(x)
+    out, aux = layer(x, return_aux=True)
     assert out.shape == (2, spatial_dims, *([7] * spatial_dims))
-    assert layer.last_gates.shape == (2, spatial_dims, 3, *([7] * spatial_dims))
-    assert torch.allclose(layer.last_gates.sum(2), torch.ones(1))
-    assert layer.last_expert_outputs.shape == layer.last_gates.shape
-    assert layer.last_selection.shape == out.shape
+    assert aux["gates"].shape == (2, spatial_dims, 3, *([7] * spatial_dims))
+    assert torch.allclose(aux["gates"].sum(2), torch.ones(1))
+    assert aux["experts"].shape == aux["gates"].shape
+    assert aux["selection"].shape == out.shape
+    assert torch.equal(layer(x), out) and not [k for k in vars(layer) if k.startswith("last_")]
 
 
 def test_output_is_the_selected_expert_per_voxel_and_direction():
@@ -23,23 +24,22 @@ def test_output_is_the_selected_expert_per_voxel_and_direction():
         bias = torch.full((3, 3), -5.0)
         bias[torch.arange(3), torch.arange(3)] = 5.0
         layer.router.bias.copy_(bias.flatten())
-    out = layer(torch.randn(1, 4, 6, 6, 6))
-    assert torch.equal(layer.last_selection[0, 0], torch.zeros(6, 6, 6, dtype=torch.long))
-    assert torch.equal(layer.last_selection[0, 2], torch.full((6, 6, 6), 2, dtype=torch.long))
-    experts = layer.last_expert_outputs
+    out, aux = layer(torch.randn(1, 4, 6, 6, 6), return_aux=True)
+    assert torch.equal(aux["selection"][0, 0], torch.zeros(6, 6, 6, dtype=torch.long))
+    assert torch.equal(aux["selection"][0, 2], torch.full((6, 6, 6), 2, dtype=torch.long))
+    experts = aux["experts"]
     for d in range(3):
         assert torch.allclose(out[:, d], experts[:, d, d])  # straight-through: exactly the expert's value
 
 
 def test_random_router_picks_different_experts_across_directions():
     layer = SHMoE(3, in_channels=8)
-    layer(torch.randn(1, 8, 8, 8, 8))
-    sel = layer.last_selection[0]
+    sel = layer(torch.randn(1, 8, 8, 8, 8), return_aux=True)[1]["selection"][0]
     assert (sel[0] != sel[1]).any() and (sel[1] != sel[2]).any()
     assert len(torch.unique(sel)) == 3
 
 
-@pytest.mark.parametrize("gate_mode", ["straight_through", "switch"])
+@pytest.mark.parametrize("gate_mode", ["straight_through", "switch", "mixture"])
 def test_gradients_reach_every_expert_and_the_router(gate_mode):
     layer = SHMoE(3, in_channels=8, gate_mode=gate_mode, init_std=0.1)
     out = layer(torch.randn(2, 8, 8, 8, 8))
@@ -51,9 +51,33 @@ def test_gradients_reach_every_expert_and_the_router(gate_mode):
 
 def test_switch_mode_scales_by_gate():
     layer = SHMoE(2, in_channels=3, gate_mode="switch", init_std=0.1)
-    out = layer(torch.randn(1, 3, 5, 5))
-    sel = layer.last_expert_outputs.gather(2, layer.last_selection.unsqueeze(2)).squeeze(2)
-    assert torch.allclose(out, sel * layer.last_gates.max(2).values)
+    out, aux = layer(torch.randn(1, 3, 5, 5), return_aux=True)
+    sel = aux["experts"].gather(2, aux["selection"].unsqueeze(2)).squeeze(2)
+    assert torch.allclose(out, sel * aux["gates"].max(2).values)
+
+
+def test_mixture_mode_selects_hard_but_gives_the_router_every_experts_prediction():
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 6, 6, 6)
+    layers = {m: SHMoE(3, in_channels=4, gate_mode=m, init_std=0.1) for m in ("straight_through", "mixture")}
+    layers["mixture"].load_state_dict(layers["straight_through"].state_dict())
+    outs, grads = {}, {}
+    for mode, layer in layers.items():
+        out, aux = layer(x, return_aux=True)
+        torch.manual_seed(1)
+        (out - torch.randn_like(out)).pow(2).sum().backward()
+        outs[mode], grads[mode] = out.detach(), layer.router.weight.grad.clone()
+        if mode == "mixture":  # router gradient = that of sum_e p_e * expert_e with the experts held fixed
+            probe = SHMoE(3, in_channels=4, gate_mode="mixture", init_std=0.1)
+            probe.load_state_dict(layer.state_dict())
+            o, a = probe(x, return_aux=True)
+            mixture = (a["gates"] * a["experts"].detach()).sum(2)
+            torch.manual_seed(1)
+            residual = 2 * (o.detach() - torch.randn_like(o))
+            (residual * mixture).sum().backward()
+            assert torch.allclose(grads[mode], probe.router.weight.grad, atol=1e-5)
+    assert torch.equal(outs["mixture"], outs["straight_through"])  # same forward value: the selected expert
+    assert not torch.allclose(grads["mixture"], grads["straight_through"])
 
 
 @pytest.mark.parametrize(

@@ -55,15 +55,15 @@ class RegistrationEvaluator(SupervisedEvaluator):
         moving, fixed = batch["moving_image"], batch["fixed_image"]
         engine.network.eval()
         with torch.no_grad(), autocast(engine.state.device, engine.use_amp):
-            ddf = predict_ddf(engine.network, moving, fixed, engine.network_size, engine.inferer).float()
+            ddf, aux = predict_ddf(engine.network, moving, fixed, engine.network_size, engine.inferer, return_aux=True)
+            ddf = ddf.float()
         engine.state.output = {Keys.IMAGE: torch.cat([moving, fixed], 1), Keys.PRED: ddf}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         with torch.no_grad():
             out = engine.state.output
             out["moving_image"], out["fixed_image"] = moving, fixed
             has_labels = "moving_label" in batch and "fixed_label" in batch
-            out.update(warp_pair(engine.network, ddf, moving, batch["moving_label"] if has_labels else None,
-                                 self.network_size))
+            out.update(warp_pair(ddf, moving, batch["moving_label"] if has_labels else None, aux, self.network_size))
             fixed_label = torch.as_tensor(batch["fixed_label"]) if has_labels else None
             if has_labels:
                 out["fixed_label"] = fixed_label

@@ -7,7 +7,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from monai_moe_reg.engines.utils import autocast, pair_to_device
+from monai_moe_reg.engines.utils import autocast, has_aux, pair_to_device
 
 __all__ = ["RegistrationTrainer"]
 
@@ -15,10 +15,10 @@ __all__ = ["RegistrationTrainer"]
 class RegistrationTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose iteration registers pairs: ``ddf = inferer(cat([moving, fixed], 1), network)``.
 
-    ``loss_function`` must provide ``batch_loss(network, batch, ddf) -> dict`` with a ``"loss"`` entry (both
+    ``loss_function`` must provide ``batch_loss(batch, ddf, aux) -> dict`` with a ``"loss"`` entry (both
     :class:`~monai_moe_reg.losses.SHMoARegLoss` and :class:`~monai_moe_reg.losses.LLMMorphLoss` do), so each
-    network trains with its paper's objective, which may read the network's internals (SHMoE routing, MoA losses)
-    or the labels. ``amp`` uses bf16 autocast on CPU and fp16 with a gradient scaler on CUDA. All of MONAI's
+    network trains with its paper's objective. When the loss says ``needs_aux``, the network is called with
+    ``return_aux=True`` and its auxiliary outputs (SHMoE routing, MoA losses) are passed to the loss explicitly. ``amp`` uses bf16 autocast on CPU and fp16 with a gradient scaler on CUDA. All of MONAI's
     iteration events are fired (``MODEL_COMPLETED`` included), so handlers and post-processing run as usual.
 
     Output per iteration: ``image`` (the network input), ``pred`` (the DDF), ``loss`` and every loss term as floats.
@@ -34,7 +34,7 @@ class RegistrationTrainer(SupervisedTrainer):
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp and cuda else None
         if not hasattr(self.loss_function, "batch_loss"):
             raise ValueError(
-                f"loss_function {type(self.loss_function).__name__} needs a batch_loss(network, batch, ddf) method "
+                f"loss_function {type(self.loss_function).__name__} needs a batch_loss(batch, ddf, aux) method "
                 "(use monai_moe_reg.losses.SHMoARegLoss or LLMMorphLoss)."
             )
 
@@ -47,10 +47,13 @@ class RegistrationTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast(engine.state.device, engine.use_amp):
-            ddf = engine.inferer(x, engine.network)
+            if getattr(engine.loss_function, "needs_aux", False) and has_aux(engine.network):
+                ddf, aux = engine.inferer(x, engine.network, return_aux=True)
+            else:
+                ddf, aux = engine.inferer(x, engine.network), None
             engine.state.output = {Keys.IMAGE: x, Keys.PRED: ddf}
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            terms = engine.loss_function.batch_loss(engine.network, batch, ddf.float())
+            terms = engine.loss_function.batch_loss(batch, ddf.float(), aux)
         loss = terms["loss"]
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -15,7 +15,7 @@ from torch import nn
 from monai_moe_reg.data.datalist import PAIR_KEYS
 from monai_moe_reg.networks.blocks.flow import upsample_ddf
 
-__all__ = ["pair_to_device", "autocast", "unwrap", "predict_ddf", "image_spacing", "warp_pair"]
+__all__ = ["pair_to_device", "autocast", "unwrap", "predict_ddf", "has_aux", "image_spacing", "warp_pair"]
 
 
 def pair_to_device(batch: dict, device: torch.device | str, non_blocking: bool = False) -> dict:
@@ -46,19 +46,30 @@ def predict_ddf(
     fixed: torch.Tensor,
     network_size: Sequence[int] | None = None,
     inferer=None,
-) -> torch.Tensor:
+    return_aux: bool = False,
+):
     """DDF ``(B, D, *S_fixed)`` in voxels of the fixed grid; with ``network_size`` the pair is resized to it
-    (linear), registered, and the DDF resized back with its vectors rescaled per axis."""
+    (linear), registered, and the DDF resized back with its vectors rescaled per axis. With ``return_aux`` returns
+    ``(ddf, aux)``: the network's auxiliary outputs when it has them (``forward(x, return_aux=True)``), else ``None``."""
     x = torch.cat([moving, fixed], dim=1)
     x = x.as_tensor() if isinstance(x, MetaTensor) else x  # plain tensor: no meta-data tracking inside the network
     size = tuple(x.shape[2:])
     if network_size is not None and tuple(network_size) != size:
         mode = "trilinear" if x.ndim == 5 else "bilinear"
         x = F.interpolate(x, size=tuple(network_size), mode=mode, align_corners=False)
-    ddf = inferer(x, network) if inferer is not None else network(x)
+    kwargs = {"return_aux": True} if return_aux and has_aux(network) else {}
+    out = inferer(x, network, **kwargs) if inferer is not None else network(x, **kwargs)
+    ddf, aux = out if kwargs else (out, None)
     if tuple(ddf.shape[2:]) != size:
         ddf = upsample_ddf(ddf.float(), size)
-    return ddf
+    return (ddf, aux) if return_aux else ddf
+
+
+def has_aux(network: nn.Module) -> bool:
+    """Whether ``network`` (or the module a DDP wrapper holds) takes ``return_aux``."""
+    import inspect
+
+    return "return_aux" in inspect.signature(unwrap(network).forward).parameters
 
 
 def image_spacing(image: torch.Tensor) -> list[float] | None:
@@ -72,15 +83,15 @@ def image_spacing(image: torch.Tensor) -> list[float] | None:
 
 
 def warp_pair(
-    network: nn.Module,
     ddf: torch.Tensor,
     moving: torch.Tensor,
     moving_label: torch.Tensor | None = None,
+    aux: dict | None = None,
     network_size: Sequence[int] | None = None,
 ) -> dict:
     """What a registered pair produces on the fixed grid: ``warped_image`` (linear), ``warped_label`` (nearest, the
-    label map itself, when given) and ``expert_maps`` (SHMoAReg's level-0 selected-expert map ``(B, D, *S)`` when the
-    network ran on the fixed grid, else ``None``). Used by the evaluator and the CLI."""
+    label map itself, when given) and ``expert_maps`` (SHMoAReg's level-0 selected-expert map ``(B, D, *S)`` from the
+    network's ``aux`` when it ran on the fixed grid, else ``None``). Used by the evaluator."""
 
     def plain(t: torch.Tensor) -> torch.Tensor:
         t = t.as_tensor() if isinstance(t, MetaTensor) else t
@@ -89,6 +100,6 @@ def warp_pair(
     out = {"warped_image": Warp(mode="bilinear", padding_mode="zeros")(plain(moving), ddf)}
     if moving_label is not None:
         out["warped_label"] = Warp(mode="nearest", padding_mode="zeros")(plain(moving_label), ddf)
-    maps = getattr(unwrap(network), "expert_maps", None)
+    maps = (aux or {}).get("expert_maps")
     out["expert_maps"] = maps[0] if maps and not network_size else None
     return out

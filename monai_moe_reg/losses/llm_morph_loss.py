@@ -99,7 +99,9 @@ class LLMMorphLoss(nn.Module):
         terms["loss"] = total
         return terms
 
-    def batch_loss(self, network: nn.Module, batch: dict, ddf: torch.Tensor) -> dict:
-        """The engines' interface: images and (optional) labels from the batch dict."""
+    needs_aux = False  # LLM-Morph's objective needs nothing but the DDF
+
+    def batch_loss(self, batch: dict, ddf: torch.Tensor, aux: dict | None = None) -> dict:
+        """The engines' interface: images and (optional) labels from the batch dict (``aux`` is unused)."""
         get = lambda k: torch.as_tensor(batch[k]) if k in batch else None  # noqa: E731
         return self(ddf, get("moving_label"), get("fixed_label"), get("moving_image"), get("fixed_image"))

@@ -29,8 +29,8 @@ class SHMoARegLoss(nn.Module):
     """``L_sim(I_w, I_f) + lambda_reg L_reg(phi) + lambda_rc L_rc(T, Y) + lambda_balance L_bal + lambda_z L_z``.
 
     ``L_reg`` is MONAI's :class:`~monai.losses.DiffusionLoss` (mean squared spatial gradient of the DDF), ``L_rc``
-    the :class:`RoutingClassificationLoss`, and ``L_bal``/``L_z`` the MoA load-balance and router z-losses read from
-    the network after its forward. Paper weights: ``lambda_reg`` 0.01 (brain MR) / 0.1 (abdominal CT),
+    the :class:`RoutingClassificationLoss`, and ``L_bal``/``L_z`` the MoA load-balance and router z-losses; the last
+    three come from the network's auxiliary outputs (``ddf, aux = net(x, return_aux=True)``). Paper weights: ``lambda_reg`` 0.01 (brain MR) / 0.1 (abdominal CT),
     ``lambda_rc`` 0.001. The paper gives no MoA weights; the MoA reference uses 0.01 and 0.001 next to a language
     model's cross-entropy (about 2-5), but registration's MSE on [0, 1] images is about 0.001-0.01, so those
     weights let the auxiliary terms outweigh the image term about fivefold and the encoder mostly learned to shrink
@@ -45,9 +45,12 @@ class SHMoARegLoss(nn.Module):
         lambda_balance: weight of the MoA load-balance loss.
         lambda_z: weight of the MoA router z-loss.
 
-    ``forward(net, moving, fixed, ddf)`` returns a dict of scalar tensors ``loss`` (the total), ``sim``, ``reg``,
-    ``rc``, ``balance``, ``z``; ``net`` is the :class:`SHMoAReg` that produced ``ddf`` in its last forward.
+    ``forward(moving, fixed, ddf, aux)`` returns a dict of scalar tensors ``loss`` (the total), ``sim``, ``reg``,
+    ``rc``, ``balance``, ``z``; ``aux`` is what :class:`SHMoAReg` returned with ``ddf`` (``None`` for a network
+    without auxiliary outputs: those three terms are then 0).
     """
+
+    needs_aux = True  # the engines call the network with return_aux=True and pass aux on
 
     def __init__(
         self,
@@ -65,18 +68,18 @@ class SHMoARegLoss(nn.Module):
         self.warp = Warp(mode="bilinear", padding_mode="border")
         self.weights = {"reg": lambda_reg, "rc": lambda_rc, "balance": lambda_balance, "z": lambda_z}
 
-    def forward(self, net: nn.Module, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor) -> dict:
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor, aux: dict | None) -> dict:
         warped = self.warp(moving, ddf)
         terms = {"sim": self.similarity(warped, fixed), "reg": self.regulariser(ddf)}
-        records = getattr(getattr(net, "decoder", None), "moe_records", [])
-        terms["rc"] = self.rc(records, moving, fixed)
-        moa = net.moa_losses() if hasattr(net, "moa_losses") else {}
-        terms["balance"] = moa.get("balance", ddf.new_zeros(()))
-        terms["z"] = moa.get("z", ddf.new_zeros(()))
+        aux = aux or {}
+        zero = ddf.new_zeros(())
+        terms["rc"] = self.rc(aux.get("moe", []), moving, fixed)
+        terms["balance"] = aux.get("moa_balance", zero)
+        terms["z"] = aux.get("moa_z", zero)
         terms["loss"] = terms["sim"] + sum(self.weights[k] * terms[k] for k in self.weights)
         return terms
 
-    def batch_loss(self, network: nn.Module, batch: dict, ddf: torch.Tensor) -> dict:
-        """The engines' interface: ``batch`` holds ``moving_image``/``fixed_image``; ``network`` may be DDP-wrapped."""
-        net = getattr(network, "module", network)
-        return self(net, torch.as_tensor(batch["moving_image"]), torch.as_tensor(batch["fixed_image"]), ddf)
+    def batch_loss(self, batch: dict, ddf: torch.Tensor, aux: dict | None = None) -> dict:
+        """The engines' interface: ``batch`` holds ``moving_image``/``fixed_image``; ``aux`` the network's
+        auxiliary outputs of the same forward."""
+        return self(torch.as_tensor(batch["moving_image"]), torch.as_tensor(batch["fixed_image"]), ddf, aux)

@@ -9,32 +9,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets.swin_unetr import WindowAttention
+import torch.nn.functional as F
 from torch import nn
+
+from monai_moe_reg.networks.blocks.window_attention import SwinWindowAttention
 
 __all__ = ["MoAWindowAttention"]
 
 
-class MoAWindowAttention(WindowAttention):
+class MoAWindowAttention(SwinWindowAttention):
     """Window attention whose heads are a mixture of ``num_experts`` head experts, ``top_k`` picked per token.
 
     Each head expert ``i`` owns a query projection ``W_q^i`` (``dim -> head_dim``) and an output projection
     ``W_o^i`` (``head_dim -> dim``); the key and value projections are shared by all experts (one ``head_dim`` each),
     as in the MoA reference. A linear router maps every token to ``num_experts`` logits; after a softmax the
     ``top_k`` experts are kept with their (not renormalised) probabilities ``g_i`` and the output is
-    ``sum_i g_i * W_o^i(Attention(q_i, K, V))``. The relative position bias (one table column per expert) and the
-    shifted-window mask follow MONAI's :class:`~monai.networks.nets.swin_unetr.WindowAttention`, which this class
-    extends so that its relative-position index is reused rather than copied.
+    ``sum_i g_i * W_o^i(Attention(q_i, K, V))``. The relative position bias (one table column per expert, right for
+    clamped windows) and the shifted-window mask follow :class:`SwinWindowAttention` (MONAI's table and keys).
 
-    Implementation choice: all ``num_experts`` queries are computed densely and the unselected heads are multiplied by
-    a zero gate, so the cost is ``num_experts / top_k`` times a standard attention of ``top_k`` heads; the result is
-    identical to a sparse evaluation. The per-expert output projections are stored as one
+    Sparse evaluation (``sparse=True``, default): only the ``top_k`` selected queries of every token are gathered
+    (with their experts' bias rows) and attended with ``scaled_dot_product_attention``; the heads are scattered back
+    into the expert layout for the output projection. Because K and V are shared, this equals the dense evaluation
+    (all ``num_experts`` queries, unselected heads multiplied by a zero gate; ``sparse=False``, kept as the reference)
+    at ``top_k / num_experts`` of its attention cost and memory. The per-expert output projections are stored as one
     ``Linear(num_experts * head_dim, dim)`` (column block ``i`` is ``W_o^i``) with a single shared bias.
 
-    After every forward the module keeps ``last_gates`` (``(B*nW, N, num_experts)``, zero for unselected experts),
-    ``balance_loss`` (Switch-style load balancing, ``E * sum_e f_e * P_e`` with ``f_e`` the fraction of token slots
-    routed to expert ``e`` and ``P_e`` its mean router probability) and ``z_loss`` (mean squared log-sum-exp of the
-    router logits). The MoA paper weights them 0.01 and 0.001.
+    Auxiliary results of a forward go to the list given by :meth:`collect_aux` (the Swin stage sets it for one call),
+    one dict per call: ``gates`` (``(B*nW, N, num_experts)``, zero for unselected experts), ``balance`` (Switch-style
+    load balancing, ``E * sum_e f_e * P_e`` with ``f_e`` the fraction of token slots routed to expert ``e`` and
+    ``P_e`` its mean router probability) and ``z`` (mean squared log-sum-exp of the router logits). The MoA paper
+    weights the last two 0.01 and 0.001.
 
     Args:
         dim: number of token channels ``C``.
@@ -45,6 +49,7 @@ class MoAWindowAttention(WindowAttention):
         qkv_bias: add a learnable bias to the query, key and value projections.
         attn_drop: dropout on the attention weights.
         proj_drop: dropout on the output.
+        sparse: evaluate only the selected heads (default) instead of all experts.
 
     Shapes:
         ``forward(x, mask)``: ``x`` is ``(B*nW, N, C)`` window tokens, ``mask`` ``(nW, N, N)`` or ``None``;
@@ -61,6 +66,7 @@ class MoAWindowAttention(WindowAttention):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        sparse: bool = True,
     ) -> None:
         num_experts = 2 * num_heads if num_experts is None else int(num_experts)
         if num_heads < 1 or num_experts < num_heads:
@@ -82,43 +88,57 @@ class MoAWindowAttention(WindowAttention):
         self.kv_proj = nn.Linear(dim, 2 * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_experts * self.head_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.last_gates: torch.Tensor | None = None
-        self.balance_loss: torch.Tensor | None = None
-        self.z_loss: torch.Tensor | None = None
+        self.sparse = bool(sparse)
+        self._aux_sink: list | None = None
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Router logits ``(..., E)`` and sparse gates ``(..., E)`` holding the top-k probabilities, zeros elsewhere."""
+    def collect_aux(self, sink: list | None) -> None:
+        """Append each coming forward's auxiliary dict to ``sink`` (``None``: stop collecting)."""
+        self._aux_sink = sink
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits and probabilities ``(..., E)`` and the top-k probabilities and expert indices ``(..., k)``."""
         logits = self.router(x)
         probs = torch.softmax(logits.float(), dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
-        gates = torch.zeros_like(probs).scatter(-1, top_i, top_p)
-        return logits, gates
+        return logits, probs, top_p, top_i
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, _ = x.shape
-        e, hd = self.num_experts, self.head_dim
-        logits, gates = self.route(x)
-
-        q = self.q_proj(x).view(b, n, e, hd).transpose(1, 2) * self.scale  # (b, E, n, hd)
-        k, v = self.kv_proj(x).view(b, n, 2, hd).unsqueeze(1).unbind(dim=3)  # each (b, 1, n, hd)
-        attn = q @ k.transpose(-2, -1)  # (b, E, n, n)
-        bias = self.relative_position_bias_table[self.relative_position_index.clone()[:n, :n].reshape(-1)]
-        attn = attn + bias.reshape(n, n, e).permute(2, 0, 1).unsqueeze(0)
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = attn.view(b // nw, nw, e, n, n) + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
-            attn = attn.view(-1, e, n, n)
-        attn = self.attn_drop(torch.softmax(attn, dim=-1)).to(v.dtype)
-        heads = (attn @ v) * gates.transpose(1, 2).unsqueeze(-1).to(v.dtype)  # (b, E, n, hd), zero if unselected
-        out = self.proj_drop(self.o_proj(heads.transpose(1, 2).reshape(b, n, e * hd)))
-
-        self.last_gates = gates.detach()
-        flat_gates, flat_probs = gates.reshape(-1, e), torch.softmax(logits.float(), -1).reshape(-1, e)
-        fraction = (flat_gates > 0).float().mean(0) / self.top_k
-        self.balance_loss = e * (fraction * flat_probs.mean(0)).sum()
-        self.z_loss = torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+        e, hd, k = self.num_experts, self.head_dim, self.top_k
+        logits, probs, top_p, top_i = self.route(x)
+        q = self.q_proj(x).view(b, n, e, hd)
+        key, value = self.kv_proj(x).view(b, n, 2, 1, hd).transpose(1, 3).unbind(dim=2)  # each (b, 1, n, hd)
+        bias = self.position_bias(n)  # (E, n, n)
+        drop = self.attn_drop.p if self.training else 0.0
+        if self.sparse:
+            # selection as one-hot matmuls (E is small): their backward is a plain reduction, so training stays
+            # bit-reproducible and a resumed run equals an uninterrupted one (tested in tests/test_bundles.py)
+            pick = F.one_hot(top_i, e).to(q.dtype)  # (b, n, k, E)
+            q = torch.einsum("bnke,bneh->bknh", pick, q)  # the selected queries of every token
+            rows = torch.einsum("bnke,enm->bknm", pick.to(bias.dtype), bias)  # their experts' bias rows
+            attn_bias = self.attention_bias(rows, mask, b)
+            heads = F.scaled_dot_product_attention(q, key.expand(b, k, n, hd), value.expand(b, k, n, hd),
+                                                   attn_mask=attn_bias.to(q.dtype), dropout_p=drop, scale=self.scale)
+            heads = heads * top_p.transpose(1, 2).unsqueeze(-1).to(heads.dtype)  # (b, k, n, hd)
+            heads = torch.einsum("bnke,bknh->bneh", pick.to(heads.dtype), heads)  # back to the expert layout
+        else:
+            gates = torch.zeros_like(probs).scatter(-1, top_i, top_p)
+            attn_bias = self.attention_bias(bias, mask, b)
+            heads = F.scaled_dot_product_attention(q.transpose(1, 2), key.expand(b, e, n, hd),
+                                                   value.expand(b, e, n, hd), attn_mask=attn_bias.to(q.dtype),
+                                                   dropout_p=drop, scale=self.scale)
+            heads = heads.transpose(1, 2) * gates.unsqueeze(-1).to(heads.dtype)  # zero where unselected
+        out = self.proj_drop(self.o_proj(heads.reshape(b, n, e * hd)))
+        if self._aux_sink is not None:
+            flat_probs = probs.reshape(-1, e)
+            fraction = torch.zeros_like(flat_probs).scatter(-1, top_i.reshape(-1, k), 1.0).mean(0) / k
+            self._aux_sink.append({
+                "gates": torch.zeros_like(probs).scatter(-1, top_i, top_p).detach(),
+                "balance": e * (fraction * flat_probs.mean(0)).sum(),
+                "z": torch.logsumexp(logits.float(), dim=-1).pow(2).mean(),
+            })
         return out
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, top_k={self.top_k}, head_dim={self.head_dim}"
+        return f"num_experts={self.num_experts}, top_k={self.top_k}, head_dim={self.head_dim}, sparse={self.sparse}"
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monai.networks.nets.swin_unetr import BasicLayer
+import torch
+from monai.networks.nets.swin_unetr import BasicLayer, get_window_size
 from torch import nn
 
 from monai_moe_reg.networks.blocks.moa_attention import MoAWindowAttention
+from monai_moe_reg.networks.blocks.window_attention import SwinWindowAttention
 
 __all__ = ["MoASwinStage"]
 
@@ -16,8 +18,9 @@ class MoASwinStage(BasicLayer):
     """MONAI's Swin :class:`~monai.networks.nets.swin_unetr.BasicLayer` with MoA attention in every block.
 
     The stage is MONAI's own (alternating regular / shifted windows, the shift mask, MLP, drop path); only each
-    ``SwinTransformerBlock.attn`` is replaced by :class:`MoAWindowAttention` when ``use_moa`` is true. With
-    ``use_moa=False`` it is exactly MONAI's stage (the "MoA off" ablation).
+    ``SwinTransformerBlock.attn`` is replaced: by :class:`MoAWindowAttention` when ``use_moa`` is true, else by
+    :class:`SwinWindowAttention` (MONAI's attention with the same weights, its clamped-window bias fixed: the "MoA
+    off" ablation). Every forward tells the blocks the window it runs with (clamped to the token grid).
 
     Args:
         dim: token channels ``C``.
@@ -34,9 +37,11 @@ class MoASwinStage(BasicLayer):
         use_checkpoint: gradient checkpointing.
         use_moa: use Mixture of Attention heads (otherwise plain Swin multi-head attention).
         num_experts: MoA head experts ``E``; defaults to ``2 * num_heads``.
+        sparse_moa: evaluate only the selected MoA heads (see :class:`MoAWindowAttention`).
 
     Shapes:
-        input ``(B, C, *S)`` with 2 or 3 spatial dims; output ``(B, C, *S)`` (or merged when ``downsample`` is set).
+        ``forward(x, aux=None)``: input ``(B, C, *S)`` with 2 or 3 spatial dims; output ``(B, C, *S)`` (or merged when
+        ``downsample`` is set). With a list ``aux``, every MoA block appends its auxiliary dict to it.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class MoASwinStage(BasicLayer):
         use_checkpoint: bool = False,
         use_moa: bool = True,
         num_experts: int | None = None,
+        sparse_moa: bool = True,
     ) -> None:
         dpr = list(drop_path) if isinstance(drop_path, (list, tuple)) else [float(drop_path)] * depth
         super().__init__(
@@ -72,8 +78,8 @@ class MoASwinStage(BasicLayer):
             use_checkpoint=use_checkpoint,
         )
         self.use_moa = use_moa
-        if use_moa:
-            for blk in self.blocks:
+        for blk in self.blocks:
+            if use_moa:
                 blk.attn = MoAWindowAttention(
                     dim,
                     num_heads=num_heads,
@@ -82,4 +88,23 @@ class MoASwinStage(BasicLayer):
                     qkv_bias=qkv_bias,
                     attn_drop=attn_drop,
                     proj_drop=drop,
+                    sparse=sparse_moa,
                 )
+            else:
+                blk.attn = SwinWindowAttention(
+                    dim, num_heads=num_heads, window_size=tuple(window_size), qkv_bias=qkv_bias, attn_drop=attn_drop,
+                    proj_drop=drop,
+                )
+
+    def forward(self, x: torch.Tensor, aux: list | None = None) -> torch.Tensor:
+        window, _ = get_window_size(tuple(x.shape[2:]), self.window_size, self.shift_size)
+        moa = [blk.attn for blk in self.blocks if isinstance(blk.attn, MoAWindowAttention)]
+        for blk in self.blocks:
+            blk.attn.set_window(window)
+        for attn in moa:
+            attn.collect_aux(aux)
+        try:
+            return super().forward(x)
+        finally:  # gradient checkpointing recomputes in backward: nothing is appended then
+            for attn in moa:
+                attn.collect_aux(None)

@@ -29,10 +29,11 @@ class PyramidDecoder(nn.Module):
        :class:`ResidualFlowComposer` composes it: ``flow = warp(flow, w) + w``.
 
     Heads are :class:`SHMoE` layers at the levels in ``moe_levels`` (SHMoAReg: full and 1/2) and plain
-    convolutions elsewhere. For the routing-classification loss, after a forward ``moe_records`` lists, for each
-    SHMoE level (fine to coarse), ``{"level", "gates", "experts", "prior_ddf"}``: the gate probabilities, the experts'
-    predictions (both ``(B, D, E, *s)``) and the flow that warped the moving image before this level's residual
-    (``None`` at the coarsest level).
+    convolutions elsewhere. ``forward(..., return_aux=True)`` returns ``(ddf, records)``: for each SHMoE level (fine
+    to coarse) ``{"level", "gates", "experts", "selection", "prior_ddf"}``: the gate probabilities, the experts'
+    predictions (both ``(B, D, E, *s)``), the selected expert per voxel and direction ``(B, D, *s)``, and the flow
+    that warped the moving image before this level's residual (``None`` at the coarsest level), for the
+    routing-classification loss.
 
     Args:
         spatial_dims: 2 or 3.
@@ -50,8 +51,8 @@ class PyramidDecoder(nn.Module):
         head_init_std: std of the plain heads' initial weights.
 
     Shapes:
-        ``forward(fixed_feats, moving_feats, extra_feats=None)``: lists of ``(B, C_l, *S / 2**l)``; returns the DDF
-        ``(B, spatial_dims, *S)`` in voxel units of level 0.
+        ``forward(fixed_feats, moving_feats, extra_feats=None, return_aux=False)``: lists of ``(B, C_l, *S / 2**l)``;
+        returns the DDF ``(B, spatial_dims, *S)`` in voxel units of level 0 (and the records).
     """
 
     def __init__(
@@ -100,14 +101,14 @@ class PyramidDecoder(nn.Module):
             self.heads.append(head)
         self.warp = Warp(mode="bilinear", padding_mode="border")
         self.composer = ResidualFlowComposer(spatial_dims, diffeomorphic, integration_steps)
-        self.moe_records: list[dict] = []
 
     def forward(
         self,
         fixed_feats: Sequence[torch.Tensor],
         moving_feats: Sequence[torch.Tensor],
         extra_feats: Sequence[torch.Tensor | None] | None = None,
-    ) -> torch.Tensor:
+        return_aux: bool = False,
+    ):
         if len(fixed_feats) != self.num_levels or len(moving_feats) != self.num_levels:
             raise ValueError(
                 f"PyramidDecoder expects {self.num_levels} feature levels, got {len(fixed_feats)} fixed and "
@@ -130,15 +131,13 @@ class PyramidDecoder(nn.Module):
                 parts.append(extra_feats[lv])
             dec = self.blocks[lv](torch.cat(parts, dim=1))
             head = self.heads[lv]
-            residual = head(dec)
-            if isinstance(head, SHMoE):
-                prior = None if flow is None else flow.detach()
-                records.append(
-                    {"level": lv, "gates": head.last_gates, "experts": head.last_expert_outputs, "prior_ddf": prior}
-                )
+            if isinstance(head, SHMoE) and return_aux:
+                residual, aux = head(dec, return_aux=True)
+                records.append({"level": lv, **aux, "prior_ddf": None if flow is None else flow.detach()})
+            else:
+                residual = head(dec)
             flow = self.composer(flow, residual)
-        self.moe_records = records[::-1]
-        return flow
+        return (flow, records[::-1]) if return_aux else flow
 
     def moe_layers(self) -> list[SHMoE]:
         """The SHMoE heads, fine to coarse."""

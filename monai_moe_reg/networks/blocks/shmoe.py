@@ -13,7 +13,7 @@ from torch import nn
 
 __all__ = ["SHMoE"]
 
-GATE_MODES = ("straight_through", "switch")
+GATE_MODES = ("straight_through", "switch", "mixture")
 
 
 class SHMoE(nn.Module):
@@ -29,11 +29,16 @@ class SHMoE(nn.Module):
         * ``"straight_through"`` (default): the output equals the selected expert's value exactly, multiplied by
           ``p / stop_grad(p)`` (= 1) so the router still receives ``d out / d p = expert / p``. Chosen because a
           displacement's magnitude should not be shrunk by the gate probability.
+          Its router gradient is ``selected / p * (delta - p)``: it never compares the experts.
         * ``"switch"``: Switch-Transformer style ``out = p_top1 * expert_top1``.
+        * ``"mixture"``: the output is the selected expert's value (hard top-1, as the paper routes), but the router's
+          gradient is that of the probability-weighted mixture ``sum_e p_e * stop_grad(expert_e)``, so it sees every
+          expert's prediction and moves probability towards the experts that lower the loss; the experts train
+          through the selected value only.
 
-    After every forward the layer keeps ``last_gates`` (``T``, ``(B, D, E, *S)``), ``last_expert_outputs``
-    (``(B, D, E, *S)``, each expert's prediction, used to build routing-classification targets) and
-    ``last_selection`` (``(B, D, *S)`` expert indices, the paper's Fig. 2 expert-ID map).
+    ``forward(x, return_aux=True)`` also returns a dict with ``gates`` (``T``, ``(B, D, E, *S)``), ``experts``
+    (``(B, D, E, *S)``, each expert's prediction, used to build routing-classification targets) and ``selection``
+    (``(B, D, *S)`` expert indices, the paper's Fig. 2 expert-ID map); nothing is kept on the module.
 
     Args:
         spatial_dims: 2 or 3.
@@ -41,7 +46,7 @@ class SHMoE(nn.Module):
         out_channels: predicted components; defaults to ``spatial_dims`` (one per direction).
         kernel_sizes: one expert per entry (paper: 1, 3, 5); odd integers.
         router_kernel_size: kernel of the router convolution.
-        gate_mode: ``"straight_through"`` or ``"switch"``.
+        gate_mode: ``"straight_through"``, ``"switch"`` or ``"mixture"``.
         init_std: std of the experts' initial weights (small, so the initial flow is near zero as in VoxelMorph).
 
     Shapes:
@@ -79,26 +84,23 @@ class SHMoE(nn.Module):
         self.router = conv(
             in_channels, self.out_channels * self.num_experts, router_kernel_size, padding=router_kernel_size // 2
         )
-        self.last_gates: torch.Tensor | None = None
-        self.last_expert_outputs: torch.Tensor | None = None
-        self.last_selection: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
         b, spatial = x.shape[0], x.shape[2:]
         logits = self.router(x).view(b, self.out_channels, self.num_experts, *spatial)
         gates = torch.softmax(logits.float(), dim=2)  # (B, D, E, *S)
         top_p, top_i = gates.max(dim=2, keepdim=True)
         experts = torch.stack([expert(x) for expert in self.experts], dim=2)  # (B, D, E, *S)
         selected = experts.gather(2, top_i).squeeze(2)
-        if self.gate_mode == "switch":
-            weight = top_p
+        if self.gate_mode == "mixture":
+            mixture = (gates * experts.detach().float()).sum(2)
+            out = selected + (mixture - mixture.detach()).to(selected.dtype)
         else:
-            weight = top_p / top_p.detach()
-        out = selected * weight.squeeze(2).to(selected.dtype)
-        self.last_gates = gates
-        self.last_expert_outputs = experts
-        self.last_selection = top_i.squeeze(2).detach()
-        return out
+            weight = top_p if self.gate_mode == "switch" else top_p / top_p.detach()
+            out = selected * weight.squeeze(2).to(selected.dtype)
+        if not return_aux:
+            return out
+        return out, {"gates": gates, "experts": experts, "selection": top_i.squeeze(2).detach()}
 
     def extra_repr(self) -> str:
         return f"kernel_sizes={self.kernel_sizes}, gate_mode={self.gate_mode!r}"

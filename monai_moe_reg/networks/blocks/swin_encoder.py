@@ -40,12 +40,14 @@ class SwinRegEncoder(nn.Module):
         conv_channels: channels of the conv features at full and 1/2 resolution (TransMorph-small: 16 and 24).
         use_moa: Mixture of Attention heads in every block (``False``: MONAI's plain Swin attention).
         num_attention_experts: MoA experts per block (default ``2 * heads``).
+        sparse_moa: evaluate only the selected MoA heads (default; equal to the dense evaluation, faster).
         drop_path_rate: stochastic depth, increasing linearly over the blocks.
         use_checkpoint: gradient checkpointing in the Swin blocks.
 
     Shapes:
-        input ``(B, in_channels, *S)``, ``S`` divisible by :attr:`stride`; output a list of
-        ``(B, out_channels[l], *S / 2**l)`` for ``l = 0 .. len(depths) + 1``.
+        ``forward(x, aux=None)``: input ``(B, in_channels, *S)``, ``S`` divisible by :attr:`stride`; output a list of
+        ``(B, out_channels[l], *S / 2**l)`` for ``l = 0 .. len(depths) + 1``. With a list ``aux``, every MoA block
+        appends its auxiliary dict (gates, balance and z losses) to it.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class SwinRegEncoder(nn.Module):
         conv_channels: Sequence[int] = (16, 24),
         use_moa: bool = True,
         num_attention_experts: int | None = None,
+        sparse_moa: bool = True,
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
     ) -> None:
@@ -101,6 +104,7 @@ class SwinRegEncoder(nn.Module):
                     use_checkpoint=use_checkpoint,
                     use_moa=use_moa,
                     num_experts=num_attention_experts,
+                    sparse_moa=sparse_moa,
                 )
             )
             self.norms.append(nn.LayerNorm(dim))
@@ -113,11 +117,11 @@ class SwinRegEncoder(nn.Module):
     def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
         return torch.movedim(x, -1, 1)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, aux: list | None = None) -> list[torch.Tensor]:
         feats = [self.conv_full(x), self.conv_half(self.pool(x))]
         tokens = self.patch_embed(x)
         for i, stage in enumerate(self.stages):
-            tokens = stage(tokens.contiguous())
+            tokens = stage(tokens.contiguous(), aux)
             feats.append(self._channels_first(self.norms[i](self._channels_last(tokens))))
             if i < len(self.merges):
                 tokens = self._channels_first(self.merges[i](self._channels_last(tokens)))

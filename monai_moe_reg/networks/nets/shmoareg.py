@@ -9,10 +9,9 @@ import torch
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from monai_moe_reg.networks.blocks.moa_attention import MoAWindowAttention
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
 from monai_moe_reg.networks.blocks.swin_encoder import SwinRegEncoder
-from monai_moe_reg.networks.utils import check_pair_input, crop_spatial, pad_to_multiple
+from monai_moe_reg.networks.utils import check_pair_input, check_pair_output, crop_spatial, pad_to_multiple
 
 __all__ = ["SHMoAReg"]
 
@@ -41,6 +40,7 @@ class SHMoAReg(nn.Module):
             default ``(16, 32, 32, 64, 64, 64, ...)``.
         use_moa: MoA attention (``False``: MONAI's plain Swin attention, the "MoA off" ablation).
         num_attention_experts: MoA head experts per block (default ``2 * heads``).
+        sparse_moa: evaluate only the selected MoA heads (default; equal to the dense reference, faster).
         use_shmoe: SHMoE heads at ``moe_levels`` (``False``: plain conv heads, the "SHMoE off" ablation).
         moe_kernel_sizes: SHMoE expert kernels.
         moe_levels: decoder levels with SHMoE heads (0 = full resolution, 1 = 1/2).
@@ -50,13 +50,22 @@ class SHMoAReg(nn.Module):
         integration_steps: scaling-and-squaring steps.
         drop_path_rate: stochastic depth of the Swin blocks.
         use_checkpoint: gradient checkpointing in the Swin blocks (less memory at 128^3 and above).
+        check_values: refuse non-finite inputs and outputs with a ``ValueError`` (one host sync per forward;
+            the bundles' training configs turn it off and check images as they are loaded instead).
 
     Shapes:
         input ``(B, 2 * in_channels, *S)``: ``torch.cat([moving, fixed], 1)``; any ``S`` (padded to a multiple of
         :attr:`stride` internally). Output: the DDF ``(B, spatial_dims, *S)`` in voxel units, channel ``i`` along
         array axis ``i`` (MONAI ``Warp`` convention): ``Warp()(moving, ddf)`` is aligned with ``fixed``.
-        After a forward :attr:`routing` lists the SHMoE gate probabilities ``(B, spatial_dims, E, *s)`` per SHMoE
-        layer (fine to coarse), and :meth:`moa_losses` the MoA auxiliary losses.
+        ``net(x, return_aux=True)`` returns ``(ddf, aux)``, the way Hugging Face MoE models return router logits; the
+        loss takes ``aux`` explicitly and nothing is kept on the modules between calls. ``aux`` holds:
+
+        - ``"moe"``: per SHMoE layer (fine to coarse) ``{"level", "gates", "experts", "selection", "prior_ddf"}`` on
+          the padded grid (see :class:`PyramidDecoder`), for the routing-classification loss;
+        - ``"routing"`` / ``"expert_maps"``: the same gate probabilities ``(B, spatial_dims, E, *s)`` and selected
+          experts ``(B, spatial_dims, *s)`` cropped to the input's extent at each level;
+        - ``"moa_balance"`` / ``"moa_z"``: mean MoA load-balance and router z-loss over all MoA blocks (0 without
+          MoA); ``"moa_gates"``: each MoA block's gates ``(B*nW, N, E)``.
     """
 
     def __init__(
@@ -73,6 +82,7 @@ class SHMoAReg(nn.Module):
         decoder_channels: Sequence[int] | None = None,
         use_moa: bool = True,
         num_attention_experts: int | None = None,
+        sparse_moa: bool = True,
         use_shmoe: bool = True,
         moe_kernel_sizes: Sequence[int] = (1, 3, 5),
         moe_levels: Sequence[int] = (0, 1),
@@ -81,8 +91,10 @@ class SHMoAReg(nn.Module):
         integration_steps: int = 7,
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
+        check_values: bool = True,
     ) -> None:
         super().__init__()
+        self.check_values = check_values
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
@@ -102,6 +114,7 @@ class SHMoAReg(nn.Module):
             conv_channels=conv_channels,
             use_moa=use_moa,
             num_attention_experts=num_attention_experts,
+            sparse_moa=sparse_moa,
             drop_path_rate=drop_path_rate,
             use_checkpoint=use_checkpoint,
         )
@@ -124,48 +137,50 @@ class SHMoAReg(nn.Module):
         self.use_moa = use_moa
         self.use_shmoe = use_shmoe
         self.diffeomorphic = diffeomorphic
-        self._input_size: tuple[int, ...] | None = None
+        self._last_maps: dict = {}  # detached routing of the last forward, for the read-only properties only
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_pair_input(x, self.spatial_dims, 2 * self.in_channels, type(self).__name__)
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        name = type(self).__name__
+        check_pair_input(x, self.spatial_dims, 2 * self.in_channels, name, self.check_values)
+        x_in = x
+        x = x.to(next(self.parameters()).dtype)  # float16/64 inputs run at the weights' dtype (autocast still applies)
         x, size = pad_to_multiple(x, self.stride)
-        self._input_size = size
+        moa: list | None = [] if return_aux else None
         moving, fixed = x[:, : self.in_channels], x[:, self.in_channels :]
-        feats = self.encoder(torch.cat([moving, fixed], dim=0))  # one pass through the shared backbone
+        feats = self.encoder(torch.cat([moving, fixed], dim=0), moa)  # one pass through the shared backbone
         moving_feats = [f[: x.shape[0]] for f in feats]
         fixed_feats = [f[x.shape[0] :] for f in feats]
-        ddf = self.decoder(fixed_feats, moving_feats)
-        return crop_spatial(ddf, size)
-
-    def _level_size(self, level: int) -> tuple[int, ...]:
-        return tuple(math.ceil(s / 2**level) for s in self._input_size)
+        ddf, records = self.decoder(fixed_feats, moving_feats, return_aux=True)  # the gates exist anyway
+        ddf = crop_spatial(ddf, size)
+        if self.check_values:
+            check_pair_output(ddf, x_in, name)
+        aux = self._aux(records, moa or [], size, ddf)
+        self._last_maps = {k: [t.detach() for t in aux[k]] for k in ("routing", "expert_maps")}
+        return (ddf, aux) if return_aux else ddf
 
     @property
     def routing(self) -> list[torch.Tensor]:
-        """SHMoE gate probabilities of the last forward, fine to coarse, each ``(B, spatial_dims, E, *s)``; empty before
-        the first forward."""
-        if self._input_size is None:
-            return []
-        return [crop_spatial(r["gates"], self._level_size(r["level"])) for r in self.decoder.moe_records]
+        """Read-only convenience: the SHMoE gate probabilities of the last forward (detached), fine to coarse, each
+        ``(B, spatial_dims, E, *s)``; empty before the first forward. Losses use ``return_aux=True`` instead."""
+        return list(self._last_maps.get("routing", []))
 
     @property
     def expert_maps(self) -> list[torch.Tensor]:
-        """Selected expert index per voxel and direction of the last forward, each ``(B, spatial_dims, *s)``; empty
-        before the first forward."""
-        if self._input_size is None:
-            return []
-        return [
-            crop_spatial(layer.last_selection, self._level_size(lv))
-            for lv, layer in zip(self.decoder.moe_levels, self.decoder.moe_layers())
-        ]
+        """Read-only convenience: the selected expert per voxel and direction of the last forward, each
+        ``(B, spatial_dims, *s)``; empty before the first forward."""
+        return list(self._last_maps.get("expert_maps", []))
 
-    def moa_losses(self) -> dict[str, torch.Tensor]:
-        """Mean MoA load-balance and router z-loss over all MoA blocks of the last forward (zeros if MoA is off)."""
-        mods = [m for m in self.encoder.modules() if isinstance(m, MoAWindowAttention) and m.balance_loss is not None]
-        if not mods:
-            zero = next(self.parameters()).new_zeros(())
-            return {"balance": zero, "z": zero}
+    @staticmethod
+    def _aux(records: list[dict], moa: list[dict], size: Sequence[int], ddf: torch.Tensor) -> dict:
+        def level_size(level: int) -> tuple[int, ...]:
+            return tuple(math.ceil(s / 2**level) for s in size)
+
+        zero = ddf.new_zeros(())
         return {
-            "balance": torch.stack([m.balance_loss for m in mods]).mean(),
-            "z": torch.stack([m.z_loss for m in mods]).mean(),
+            "moe": records,
+            "routing": [crop_spatial(r["gates"], level_size(r["level"])) for r in records],
+            "expert_maps": [crop_spatial(r["selection"], level_size(r["level"])) for r in records],
+            "moa_balance": torch.stack([m["balance"] for m in moa]).mean() if moa else zero,
+            "moa_z": torch.stack([m["z"] for m in moa]).mean() if moa else zero,
+            "moa_gates": [m["gates"] for m in moa],
         }
