@@ -6,7 +6,7 @@ from monai_moe_reg.data import synthetic_pair
 from monai_moe_reg.llm import load_decoder_layers
 from monai_moe_reg.losses import LLMMorphLoss, MINDSSCLoss, mind_ssc
 from monai_moe_reg.metrics import dice_per_label
-from monai_moe_reg.networks.blocks import LLMEncodingBlock, TokenAdapter
+from monai_moe_reg.networks.blocks import DualPyramidEncoder, LLMEncodingBlock, LLMMorphDecoder, TokenAdapter
 from monai_moe_reg.networks.nets import LLMMorph
 
 from .llm_fixtures import write_sharded_llama
@@ -101,7 +101,9 @@ def test_llm_morph_forward_backward_and_what_trains(llama_dir):
         dict(lora_rank=0),
         dict(leb_type="vit", hidden_size=32, vit_heads=4),
         dict(half_resolution=True),
-        dict(causal=True, share_encoder=True),
+        dict(causal=True, share_encoder=False),
+        dict(design="pyramid"),
+        dict(design="pyramid", num_lebs=0),
     ],
 )
 def test_ablation_flags_build_and_run(llama_dir, kwargs):
@@ -118,11 +120,58 @@ def test_ablation_flags_build_and_run(llama_dir, kwargs):
         assert len(net.lebs) == 1
 
 
+def test_dual_pyramid_encoder_top_down_pathway():
+    enc = DualPyramidEncoder(3, 1, (4, 6, 8, 8, 10))
+    x = torch.rand(2, 1, 32, 32, 32, requires_grad=True)
+    feats = enc(x)
+    assert [tuple(f.shape) for f in feats] == [(2, c, 32 // 2**i, 32 // 2**i, 32 // 2**i)
+                                               for i, c in enumerate((4, 6, 8, 8, 10))]
+    # top-down: the full-resolution output merges the upsampled coarser outputs (Dual-PRNet), so it depends on the
+    # 1/16 bottom-up feature, and the coarsest output is the 1/16 bottom-up feature itself
+    assert enc.up[0].conv.in_channels == 4 + 6 and len(enc.up) == 4
+    bottom = enc.down[4]
+    hook = bottom.register_forward_hook(lambda m, i, o: o.retain_grad() or setattr(m, "out", o))
+    feats = enc(x)
+    hook.remove()
+    feats[0].sum().backward()
+    assert bottom.out.grad is not None and bottom.out.grad.abs().sum() > 0
+
+
+def test_paper_design_stages_weight_sharing_and_flow_levels(llama_dir):
+    net = LLMMorph(str(llama_dir), llm_layers=(2, 5), lora_rank=4, **TINY)
+    assert net.design == "paper" and net.encoder_fixed is None  # one weight-shared DualPyramid for both images
+    assert isinstance(net.encoder_moving, DualPyramidEncoder) and isinstance(net.decoder, LLMMorphDecoder)
+    dec = net.decoder
+    assert len(dec.fuse) == 4 and len(dec.heads) == 3  # S4 fuses only; S3, S2, S1 produce fields
+    adapters = [a.out_channels for a in reversed(net.decoder_adapters)]  # levels 0..3
+    for lv in range(4):  # F_j + Fm_j + Ff_j (+ up(F'_{j+1})) (+ warped moving image + upsampled field at S2, S1)
+        expected = adapters[lv] + 2 * TINY["encoder_channels"][lv] + (TINY["decoder_channels"][lv + 1] if lv < 3 else 0)
+        expected += (1 + 3) if lv < 2 else 0
+        assert dec.fuse[lv].conv.in_channels == expected, lv
+    sizes, warped = [], []
+    hooks = [h.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[2:]))) for h in dec.heads]
+    hooks.append(dec.warp.register_forward_hook(lambda m, i, o: warped.append(tuple(o.shape[1:]))))
+    x = torch.rand(1, 2, 32, 32, 32)
+    ddf = net(x)
+    for h in hooks:
+        h.remove()
+    assert sizes == [(8, 8, 8), (16, 16, 16), (32, 32, 32)]  # fields at 1/4 (S3), 1/2 (S2), full (S1)
+    assert warped == [(1, 16, 16, 16), (1, 32, 32, 32)]  # the moving *image* is warped at 1/2 and full resolution
+    assert ddf.shape == (1, 3, 32, 32, 32)
+    # weight sharing: the same image gives the same features in either stream
+    moving, fixed = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    feats = net.encoder_moving(torch.cat([moving, fixed]))
+    alone = net.encoder_moving(fixed)
+    assert all(torch.allclose(f[1:], a, atol=1e-5) for f, a in zip(feats, alone))
+
+
 def test_llm_none_needs_an_explicit_ablation_and_other_bad_arguments(llama_dir):
     with pytest.raises(ValueError, match="explicit ablation"):
         LLMMorph(None, **TINY)
     with pytest.raises(ValueError, match="num_lebs"):
         LLMMorph(str(llama_dir), num_lebs=3, **TINY)
+    with pytest.raises(ValueError, match="design"):
+        LLMMorph(str(llama_dir), design="unet", **TINY)
     with pytest.raises(ValueError, match="adapter_channels"):
         LLMMorph(None, num_lebs=0, encoder_channels=TINY["encoder_channels"], adapter_channels=100)
     with pytest.raises(IndexError, match="out of range"):
@@ -132,6 +181,8 @@ def test_llm_none_needs_an_explicit_ablation_and_other_bad_arguments(llama_dir):
         (torch.rand(1, 3, 32, 32, 32), "2 channels"),
         (torch.rand(1, 2, 32, 32), "3 spatial dims"),
         (torch.full((1, 2, 32, 32, 32), float("nan")), "NaN"),
+        (torch.rand(0, 2, 32, 32, 32), "empty input"),
+        (torch.rand(1, 2, 32, 32, 32) * 3e38, "non-finite displacement field"),
     ]:
         with pytest.raises(ValueError, match=match):
             net(bad)

@@ -1,4 +1,4 @@
-"""LLM-Morph: CNN dual pyramid, LLM Encoding Blocks on the 1/16 tokens, decoder adapters, warping pyramid."""
+"""LLM-Morph: DualPyramid encoder, LLM Encoding Blocks on the 1/16 tokens, decoder adapters, stages S4..S1."""
 
 from __future__ import annotations
 
@@ -11,29 +11,37 @@ from torch import nn
 
 from monai_moe_reg.llm.loading import LoadedLayers, load_decoder_layers
 from monai_moe_reg.networks.blocks.decoder_adapter import DecoderAdapter, volume_to_tokens
+from monai_moe_reg.networks.blocks.dual_pyramid_encoder import DualPyramidEncoder
 from monai_moe_reg.networks.blocks.flow import upsample_ddf
 from monai_moe_reg.networks.blocks.llm_encoding_block import LLMEncodingBlock, ViTEncodingBlock
+from monai_moe_reg.networks.blocks.llm_morph_decoder import LLMMorphDecoder
 from monai_moe_reg.networks.blocks.pyramid_cnn_encoder import PyramidCNNEncoder
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
-from monai_moe_reg.networks.utils import check_pair_input, crop_spatial, pad_to_multiple
+from monai_moe_reg.networks.utils import check_pair_input, check_pair_output, crop_spatial, pad_to_multiple
 
 __all__ = ["LLMMorph"]
 
 LEB_TYPES = ("llm", "vit")
+DESIGNS = ("paper", "pyramid")
 
 
 class LLMMorph(nn.Module):
     """LLM-Morph (Ma, Wang et al., AAAI 2025) for multimodal deformable registration.
 
-    Composition: a :class:`PyramidCNNEncoder` per image (features at 1 .. 1/16); the concatenated 1/16 features are
-    tokenised (one token per voxel, ``L = d*h*w``) and passed through ``num_lebs`` :class:`LLMEncodingBlock` s (each an
+    Composition (``design="paper"``, default): one weight-shared :class:`DualPyramidEncoder` (Dual-PRNet's bottom-up
+    and top-down pathways) encodes each image into features at 1 .. 1/16; the concatenated 1/16 features are tokenised
+    (one token per voxel, ``L = d*h*w``) and passed through ``num_lebs`` :class:`LLMEncodingBlock` s (each an
     Adapter0 + one pretrained decoder layer with LoRA on q/k/v); four :class:`DecoderAdapter` s map the LLM tokens
-    to features at 1/8, 1/4, 1/2 and full resolution (``adapter_channels`` x 4 per stage, pixel-shuffled); they are
-    concatenated with the encoder features of each level in the shared :class:`PyramidDecoder` (coarse to fine,
-    warping, residual flows composed).
+    to features at 1/8, 1/4, 1/2 and full resolution (``adapter_channels`` x 4 per stage, pixel-shuffled); the
+    :class:`LLMMorphDecoder` fuses them with the encoder features in the paper's stages S4 .. S1 (fields from 1/4 to
+    full resolution, the moving image warped at 1/2 and full resolution).
 
-    Choices where the paper is silent (arguments): encoders not shared by default (the two modalities differ);
-    decoder channels; bidirectional attention; Adapter0 keeps its final activation.
+    ``design="pyramid"`` is this project's earlier design, kept for step-matched comparisons: a plain strided
+    :class:`PyramidCNNEncoder` per image (unshared unless ``share_encoder``) and the shared warping
+    :class:`PyramidDecoder` (flows at every level from 1/16, warped moving features).
+
+    Choices where the paper is silent (arguments): decoder channels; bidirectional attention; Adapter0 keeps its
+    final activation; the choices of :class:`LLMMorphDecoder`.
 
     Args:
         llm: a local Hugging Face model folder, a ``.gguf`` file, a hub id, or an already loaded
@@ -51,13 +59,18 @@ class LLMMorph(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: channels of one image.
         encoder_channels: CNN pyramid channels, fine to coarse (5 levels = 1 .. 1/16).
-        share_encoder: one encoder for moving and fixed (weight sharing) instead of two.
-        decoder_channels: decoder channels per level, fine to coarse.
+        share_encoder: one encoder for moving and fixed (weight sharing, the paper's DualPyramid) instead of two;
+            default: ``True`` for ``design="paper"``, ``False`` for ``"pyramid"``.
+        decoder_channels: decoder channels per level, fine to coarse (5 entries; the paper design's stages S1 .. S4
+            use the first four).
         adapter_channels: ``C4`` of the first decoder adapter (paper 256); later adapters x4.
         half_resolution: the paper's half-resolution strategy: the pair is average-pooled x2, registered, and the DDF
             upsampled (x2 size and vectors) to the input size, so full-size labels can be warped.
         diffeomorphic: integrate residual velocities (not in the paper; shared pyramid option).
         llm_dtype: dtype of the loaded LLM weights.
+        design: ``"paper"`` (DualPyramid encoder, decoding stages S4 .. S1) or ``"pyramid"`` (earlier design).
+        check_values: refuse non-finite inputs and outputs with a ``ValueError`` (one host sync per forward;
+            the bundles' training configs turn it off and check images as they are loaded instead).
 
     Shapes:
         ``net(torch.cat([moving, fixed], 1))``: ``(B, 2 * in_channels, *S) -> (B, spatial_dims, *S)``, voxel units;
@@ -77,18 +90,23 @@ class LLMMorph(nn.Module):
         spatial_dims: int = 3,
         in_channels: int = 1,
         encoder_channels: Sequence[int] = (16, 32, 32, 64, 64),
-        share_encoder: bool = False,
+        share_encoder: bool | None = None,
         decoder_channels: Sequence[int] = (16, 16, 32, 32, 64),
         adapter_channels: int = 256,
         half_resolution: bool = False,
         diffeomorphic: bool = False,
         llm_dtype: torch.dtype = torch.float32,
+        check_values: bool = True,
+        design: str = "paper",
     ) -> None:
         super().__init__()
+        self.check_values = check_values
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if num_lebs not in (0, 1, 2):
             raise ValueError(f"num_lebs must be 0, 1 or 2 (paper Table 2), got {num_lebs}.")
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {design!r}.")
         if leb_type not in LEB_TYPES:
             raise ValueError(f"leb_type must be one of {LEB_TYPES}, got {leb_type!r}.")
         if len(encoder_channels) != 5 or len(decoder_channels) != 5:
@@ -108,10 +126,11 @@ class LLMMorph(nn.Module):
         self.in_channels = in_channels
         self.half_resolution = half_resolution
         self.stride = 2 ** (len(encoder_channels) - 1) * (2 if half_resolution else 1)
-        self.encoder_moving = PyramidCNNEncoder(spatial_dims, in_channels, encoder_channels)
-        self.encoder_fixed = self.encoder_moving if share_encoder else PyramidCNNEncoder(
-            spatial_dims, in_channels, encoder_channels
-        )
+        self.design = design
+        self.share_encoder = (design == "paper") if share_encoder is None else bool(share_encoder)
+        encoder = DualPyramidEncoder if design == "paper" else PyramidCNNEncoder
+        self.encoder_moving = encoder(spatial_dims, in_channels, encoder_channels)
+        self.encoder_fixed = None if self.share_encoder else encoder(spatial_dims, in_channels, encoder_channels)
         token_features = 2 * encoder_channels[-1]
         self.llm_source = None
         self.lebs = nn.ModuleList()
@@ -148,26 +167,42 @@ class LLMMorph(nn.Module):
         else:
             self.decoder_adapters = nn.ModuleList()
             extra = None
-        self.decoder = PyramidDecoder(
-            spatial_dims,
-            fixed_channels=encoder_channels,
-            channels=decoder_channels,
-            extra_channels=extra,
-            moe_levels=(),
-            diffeomorphic=diffeomorphic,
-        )
+        if design == "paper":
+            self.decoder = LLMMorphDecoder(
+                spatial_dims,
+                feature_channels=encoder_channels,
+                channels=tuple(decoder_channels)[:4],
+                adapter_channels=None if extra is None else extra[:4],
+                image_channels=in_channels,
+                diffeomorphic=diffeomorphic,
+            )
+        else:
+            self.decoder = PyramidDecoder(
+                spatial_dims,
+                fixed_channels=encoder_channels,
+                channels=decoder_channels,
+                extra_channels=extra,
+                moe_levels=(),
+                diffeomorphic=diffeomorphic,
+            )
         if half_resolution:
             self.pool = get_pool_layer(("avg", {"kernel_size": 2, "stride": 2}), spatial_dims=spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_pair_input(x, self.spatial_dims, 2 * self.in_channels, type(self).__name__)
+        name = type(self).__name__
+        check_pair_input(x, self.spatial_dims, 2 * self.in_channels, name, self.check_values)
+        x_in = x
+        x = x.to(next(self.parameters()).dtype)  # float16/64 inputs run at the weights' dtype (autocast still applies)
         x, size = pad_to_multiple(x, self.stride, min_multiples=2)  # instance norm needs > 1 voxel at 1/16
         padded = x.shape[2:]
         if self.half_resolution:
             x = self.pool(x)
         moving, fixed = x[:, : self.in_channels], x[:, self.in_channels :]
-        moving_feats = self.encoder_moving(moving)
-        fixed_feats = self.encoder_fixed(fixed)
+        if self.encoder_fixed is None:  # weight-shared streams: one pass over both images
+            feats = self.encoder_moving(torch.cat([moving, fixed], dim=0))
+            moving_feats, fixed_feats = [f[: x.shape[0]] for f in feats], [f[x.shape[0] :] for f in feats]
+        else:
+            moving_feats, fixed_feats = self.encoder_moving(moving), self.encoder_fixed(fixed)
         extra = None
         if len(self.lebs) > 0:
             grid = tuple(fixed_feats[-1].shape[2:])
@@ -176,7 +211,13 @@ class LLMMorph(nn.Module):
                 tokens = leb(tokens)
             extra = [adapter(tokens, grid) for adapter in reversed(self.decoder_adapters)] + [None]
             extra = [e.to(f.dtype) if e is not None else None for e, f in zip(extra, fixed_feats)]
-        ddf = self.decoder(fixed_feats, moving_feats, extra)
+        if self.design == "paper":
+            ddf = self.decoder(fixed_feats, moving_feats, moving, None if extra is None else extra[:4])
+        else:
+            ddf = self.decoder(fixed_feats, moving_feats, extra)
         if self.half_resolution:
             ddf = upsample_ddf(ddf, tuple(padded))
-        return crop_spatial(ddf, size)
+        ddf = crop_spatial(ddf, size)
+        if self.check_values:
+            check_pair_output(ddf, x_in, name)
+        return ddf
