@@ -94,3 +94,15 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         SHMoE(**args)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_one_fused_convolution_equals_the_experts_run_one_by_one(spatial_dims):
+    layer = SHMoE(spatial_dims, in_channels=5, kernel_sizes=(1, 3, 5), init_std=0.1)
+    x = torch.randn(2, 5, *([9] * spatial_dims), requires_grad=True)
+    fused = layer.expert_outputs(x)
+    separate = torch.stack([expert(x) for expert in layer.experts], dim=2)
+    assert torch.allclose(fused, separate, atol=1e-5)
+    grads = torch.autograd.grad(fused.pow(2).sum(), [e.weight for e in layer.experts])
+    ref = torch.autograd.grad(separate.pow(2).sum(), [e.weight for e in layer.experts])
+    assert all(g.shape == r.shape and torch.allclose(g, r, atol=1e-4) for g, r in zip(grads, ref))

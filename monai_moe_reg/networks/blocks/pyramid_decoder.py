@@ -24,7 +24,10 @@ class PyramidDecoder(nn.Module):
 
     1. the current flow is upsampled x2 and its vectors scaled x2 (:func:`upsample_ddf`);
     2. the moving features of that level are warped with it (MONAI :class:`~monai.networks.blocks.Warp`);
-    3. ``[fixed, warped moving, upsampled decoder features, extra]`` go through a conv block;
+    3. ``[fixed, warped moving, upsampled decoder features, extra]`` go through a conv block; the coarser level's
+       decoder features are first reduced to this level's channel count by a 1x1 convolution at the coarse
+       resolution, so the upsampling and the concatenation at fine levels move fewer channels (at 128^3 on a CPU the
+       full-resolution block was the network's most expensive layer);
     4. a head predicts the residual (a velocity in the diffeomorphic case) and
        :class:`ResidualFlowComposer` composes it: ``flow = warp(flow, w) + w``.
 
@@ -88,8 +91,9 @@ class PyramidDecoder(nn.Module):
         self.blocks = nn.ModuleList()
         self.heads = nn.ModuleList()
         conv = Conv[Conv.CONV, spatial_dims]
+        self.laterals = nn.ModuleList(conv(channels[lv + 1], channels[lv], 1) for lv in range(n - 1))
         for lv in range(n):
-            up = channels[lv + 1] if lv + 1 < n else 0
+            up = channels[lv] if lv + 1 < n else 0
             in_ch = fixed_channels[lv] + moving_channels[lv] + up + extra_channels[lv]
             self.blocks.append(Convolution(spatial_dims, in_ch, channels[lv], act=act, norm=norm))
             if lv in self.moe_levels:
@@ -126,7 +130,7 @@ class PyramidDecoder(nn.Module):
             parts = [fixed, moving]
             if dec is not None:
                 mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
-                parts.append(F.interpolate(dec, size=size, mode=mode, align_corners=False))
+                parts.append(F.interpolate(self.laterals[lv](dec), size=size, mode=mode, align_corners=False))
             if extra_feats[lv] is not None:
                 parts.append(extra_feats[lv])
             dec = self.blocks[lv](torch.cat(parts, dim=1))

@@ -41,6 +41,7 @@ class SwinRegEncoder(nn.Module):
         use_moa: Mixture of Attention heads in every block (``False``: MONAI's plain Swin attention).
         num_attention_experts: MoA experts per block (default ``2 * heads``).
         sparse_moa: evaluate only the selected MoA heads (default; equal to the dense evaluation, faster).
+        qkv_bias: bias on the query/key/value projections (TransMorph-small: ``False``).
         drop_path_rate: stochastic depth, increasing linearly over the blocks.
         use_checkpoint: gradient checkpointing in the Swin blocks.
 
@@ -64,6 +65,7 @@ class SwinRegEncoder(nn.Module):
         use_moa: bool = True,
         num_attention_experts: int | None = None,
         sparse_moa: bool = True,
+        qkv_bias: bool = False,
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
     ) -> None:
@@ -105,6 +107,7 @@ class SwinRegEncoder(nn.Module):
                     use_moa=use_moa,
                     num_experts=num_attention_experts,
                     sparse_moa=sparse_moa,
+                    qkv_bias=qkv_bias,
                 )
             )
             self.norms.append(nn.LayerNorm(dim))

@@ -41,6 +41,7 @@ class SHMoAReg(nn.Module):
         use_moa: MoA attention (``False``: MONAI's plain Swin attention, the "MoA off" ablation).
         num_attention_experts: MoA head experts per block (default ``2 * heads``).
         sparse_moa: evaluate only the selected MoA heads (default; equal to the dense reference, faster).
+        qkv_bias: bias on the query/key/value projections (TransMorph-small: ``False``).
         use_shmoe: SHMoE heads at ``moe_levels`` (``False``: plain conv heads, the "SHMoE off" ablation).
         moe_kernel_sizes: SHMoE expert kernels.
         moe_levels: decoder levels with SHMoE heads (0 = full resolution, 1 = 1/2).
@@ -48,7 +49,8 @@ class SHMoAReg(nn.Module):
         diffeomorphic: residuals are stationary velocities integrated with MONAI's ``DVF2DDF`` and composed
             (SHMoAReg_diff).
         integration_steps: scaling-and-squaring steps.
-        drop_path_rate: stochastic depth of the Swin blocks.
+        drop_path_rate: stochastic depth of the Swin blocks, rising linearly to this rate (TransMorph-small: 0.3;
+            only active in training).
         use_checkpoint: gradient checkpointing in the Swin blocks (less memory at 128^3 and above).
         check_values: refuse non-finite inputs and outputs with a ``ValueError`` (one host sync per forward;
             the bundles' training configs turn it off and check images as they are loaded instead).
@@ -83,13 +85,14 @@ class SHMoAReg(nn.Module):
         use_moa: bool = True,
         num_attention_experts: int | None = None,
         sparse_moa: bool = True,
+        qkv_bias: bool = False,
         use_shmoe: bool = True,
         moe_kernel_sizes: Sequence[int] = (1, 3, 5),
         moe_levels: Sequence[int] = (0, 1),
         moe_gate_mode: str = "straight_through",
         diffeomorphic: bool = False,
         integration_steps: int = 7,
-        drop_path_rate: float = 0.0,
+        drop_path_rate: float = 0.3,
         use_checkpoint: bool = False,
         check_values: bool = True,
     ) -> None:
@@ -115,6 +118,7 @@ class SHMoAReg(nn.Module):
             use_moa=use_moa,
             num_attention_experts=num_attention_experts,
             sparse_moa=sparse_moa,
+            qkv_bias=qkv_bias,
             drop_path_rate=drop_path_rate,
             use_checkpoint=use_checkpoint,
         )
