@@ -51,7 +51,8 @@ class PyramidDecoder(nn.Module):
         integration_steps: scaling-and-squaring steps.
         act: activation of the conv blocks (MONAI layer factory name/args).
         norm: normalisation of the conv blocks.
-        head_init_std: std of the plain heads' initial weights.
+        head_init_std: std of the heads' initial weights (plain and SHMoE experts); 0 gives an exactly zero initial
+            DDF (LocalNet's ``out_kernel_initializer="zeros"``).
 
     Shapes:
         ``forward(fixed_feats, moving_feats, extra_feats=None, return_aux=False)``: lists of ``(B, C_l, *S / 2**l)``;
@@ -97,7 +98,8 @@ class PyramidDecoder(nn.Module):
             in_ch = fixed_channels[lv] + moving_channels[lv] + up + extra_channels[lv]
             self.blocks.append(Convolution(spatial_dims, in_ch, channels[lv], act=act, norm=norm))
             if lv in self.moe_levels:
-                head = SHMoE(spatial_dims, channels[lv], kernel_sizes=moe_kernel_sizes, gate_mode=moe_gate_mode)
+                head = SHMoE(spatial_dims, channels[lv], kernel_sizes=moe_kernel_sizes, gate_mode=moe_gate_mode,
+                             init_std=head_init_std)
             else:
                 head = conv(channels[lv], spatial_dims, 3, padding=1)
                 nn.init.normal_(head.weight, 0.0, head_init_std)

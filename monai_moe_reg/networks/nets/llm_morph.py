@@ -68,6 +68,7 @@ class LLMMorph(nn.Module):
             upsampled (x2 size and vectors) to the input size, so full-size labels can be warped.
         diffeomorphic: integrate residual velocities (not in the paper; shared pyramid option).
         llm_dtype: dtype of the loaded LLM weights.
+        flow_init_std: std of the flow heads' initial weights; ``0.0`` makes the initial DDF exactly zero.
         design: ``"paper"`` (DualPyramid encoder, decoding stages S4 .. S1) or ``"pyramid"`` (earlier design).
         check_values: refuse non-finite inputs and outputs with a ``ValueError`` (one host sync per forward;
             the bundles' training configs turn it off and check images as they are loaded instead).
@@ -98,6 +99,7 @@ class LLMMorph(nn.Module):
         llm_dtype: torch.dtype = torch.float32,
         check_values: bool = True,
         design: str = "paper",
+        flow_init_std: float = 1e-5,
     ) -> None:
         super().__init__()
         self.check_values = check_values
@@ -175,6 +177,7 @@ class LLMMorph(nn.Module):
                 adapter_channels=None if extra is None else extra[:4],
                 image_channels=in_channels,
                 diffeomorphic=diffeomorphic,
+                head_init_std=flow_init_std,
             )
         else:
             self.decoder = PyramidDecoder(
@@ -184,6 +187,7 @@ class LLMMorph(nn.Module):
                 extra_channels=extra,
                 moe_levels=(),
                 diffeomorphic=diffeomorphic,
+                head_init_std=flow_init_std,
             )
         if half_resolution:
             self.pool = get_pool_layer(("avg", {"kernel_size": 2, "stride": 2}), spatial_dims=spatial_dims)

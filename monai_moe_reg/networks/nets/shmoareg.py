@@ -52,6 +52,8 @@ class SHMoAReg(nn.Module):
         drop_path_rate: stochastic depth of the Swin blocks, rising linearly to this rate (TransMorph-small: 0.3;
             only active in training).
         use_checkpoint: gradient checkpointing in the Swin blocks (less memory at 128^3 and above).
+        flow_init_std: std of the flow heads' initial weights (VoxelMorph's small initialisation); ``0.0`` makes the
+            initial DDF exactly zero.
         check_values: refuse non-finite inputs and outputs with a ``ValueError`` (one host sync per forward;
             the bundles' training configs turn it off and check images as they are loaded instead).
 
@@ -95,6 +97,7 @@ class SHMoAReg(nn.Module):
         drop_path_rate: float = 0.3,
         use_checkpoint: bool = False,
         check_values: bool = True,
+        flow_init_std: float = 1e-5,
     ) -> None:
         super().__init__()
         self.check_values = check_values
@@ -137,6 +140,7 @@ class SHMoAReg(nn.Module):
             moe_gate_mode=moe_gate_mode,
             diffeomorphic=diffeomorphic,
             integration_steps=integration_steps,
+            head_init_std=flow_init_std,
         )
         self.use_moa = use_moa
         self.use_shmoe = use_shmoe
