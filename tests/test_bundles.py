@@ -259,3 +259,27 @@ def test_amp_training_on_cpu(tmp_path, tiny_llm):
     wf.run()
     assert wf.trainer.use_amp and np.isfinite(float(wf.trainer.state.output["loss"]))
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_training_draws_random_pairs_from_cached_subjects(tmp_path, tiny_llm):
+    from monai_moe_reg.data import SubjectPairs, synthetic_pair
+
+    data = tmp_path / "data"
+    data.mkdir()
+    subjects = []
+    for i in range(4):
+        pair = synthetic_pair((32, 32, 32), seed=i)
+        img, lab = data / f"s{i}.nii.gz", data / f"s{i}_seg.nii.gz"
+        nib.save(nib.Nifti1Image(pair["fixed_image"][0].numpy(), np.eye(4)), str(img))
+        nib.save(nib.Nifti1Image(pair["fixed_label"][0].numpy().astype(np.uint8), np.eye(4)), str(lab))
+        subjects.append({"image": img.name, "label": lab.name})
+    val = [{"moving_image": "s0.nii.gz", "fixed_image": "s1.nii.gz", "moving_label": "s0_seg.nii.gz",
+            "fixed_label": "s1_seg.nii.gz"}]
+    (data / "datalist.json").write_text(json.dumps({"training": {"subjects": subjects}, "validation": val}))
+    ov = tiny_overrides("shmoareg", tmp_path, tiny_llm)
+    wf = workflow("shmoareg", "train.json", "train", max_epochs=1, val_interval=1, epoch_length=3, num_workers=1, **ov)
+    wf.initialize()
+    assert isinstance(wf.trainer.data_loader.dataset, SubjectPairs) and len(wf.trainer.data_loader.dataset) == 12
+    wf.run()
+    assert wf.trainer.state.epoch_length == 3 and wf.trainer.state.iteration == 3
+    assert (tmp_path / "models" / "model.pt").is_file()

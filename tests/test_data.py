@@ -124,3 +124,55 @@ def test_itk_displacement_field_reproduces_our_warp(tmp_path, affine):
     )
     theirs = np.transpose(itk.array_from_image(warped), (2, 1, 0))
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
+
+
+def _subjects(tmp_path, n=4, shapes=None):
+    subjects = []
+    for i in range(n):
+        shape = shapes[i] if shapes else (12, 12, 12)
+        img = np.random.default_rng(i).random(shape).astype(np.float32)
+        lab = (img > 0.5).astype(np.uint8)
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / f"s{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / f"s{i}_seg.nii.gz"))
+        subjects.append({"image": f"s{i}.nii.gz", "label": f"s{i}_seg.nii.gz"})
+    return subjects
+
+
+def test_subject_lists_become_cached_random_pairs(tmp_path):
+    from monai.data import CacheDataset
+
+    from monai_moe_reg.data import SubjectPairs, pair_sampler, training_pairs
+
+    subjects = _subjects(tmp_path)
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": {"subjects": subjects, "pairing": "all"},
+                                "atlas_set": {"subjects": subjects[1:], "pairing": "atlas", "atlas": subjects[0]}}))
+    ds = training_pairs(path, "training", pair_transforms())
+    assert isinstance(ds, SubjectPairs) and isinstance(ds.subjects, CacheDataset) and len(ds) == 12
+    pairs = {ds.pair_indices(k) for k in range(len(ds))}
+    assert pairs == {(m, f) for m in range(4) for f in range(4) if m != f}  # every ordered pair, never m == f
+    item = ds[5]
+    m, f = ds.pair_indices(5)
+    assert torch.equal(item["moving_image"], ds.subjects[m]["image"]) and "fixed_label" in item
+    atlas = training_pairs(path, "atlas_set", pair_transforms())
+    assert len(atlas) == 3 and all(atlas.pair_indices(k) == (None, k) for k in range(3))
+    torch.manual_seed(0)
+    drawn = list(pair_sampler(ds, epoch_length=25))
+    torch.manual_seed(0)
+    assert len(drawn) == 25 and drawn == list(pair_sampler(ds, epoch_length=25))  # reproducible from torch's RNG
+    assert sorted(pair_sampler(ds)) == list(range(12))
+    with pytest.raises(ValueError, match="epoch_length"):
+        pair_sampler(ds, 0)
+    with pytest.raises(ValueError, match="subject list .* one modality"):
+        training_pairs(path, "training", pair_transforms(), moving_intensity="mr", fixed_intensity="ct")
+
+
+def test_subject_pairs_on_different_grids_are_resampled_to_the_fixed_one(tmp_path):
+    from monai_moe_reg.data import training_pairs
+
+    subjects = _subjects(tmp_path, n=2, shapes=[(12, 12, 12), (10, 14, 12)])
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": {"subjects": subjects}}))
+    ds = training_pairs(path, "training", pair_transforms(), cache="none")
+    item = ds[0]
+    assert item["moving_image"].shape == item["fixed_image"].shape == item["moving_label"].shape

@@ -6,6 +6,14 @@ from monai_moe_reg.data.datalist import (
     load_pairs,
     validate_pairs,
 )
+from monai_moe_reg.data.pair_dataset import (
+    CACHE_MODES,
+    SubjectPairs,
+    cached_dataset,
+    pair_sampler,
+    subject_transforms,
+    training_pairs,
+)
 from monai_moe_reg.data.demo_dataset import DATALIST_NAME, ensure_datalist, write_demo_dataset
 from monai_moe_reg.data.synthetic import (
     blob_label_map,
@@ -17,6 +25,12 @@ from monai_moe_reg.data.synthetic import (
 from monai_moe_reg.data.transforms import INTENSITY_MODES, CheckFinited, intensity_transform, pair_transforms
 
 __all__ = [
+    "CACHE_MODES",
+    "SubjectPairs",
+    "cached_dataset",
+    "pair_sampler",
+    "subject_transforms",
+    "training_pairs",
     "DATALIST_NAME",
     "IMAGE_KEYS",
     "INTENSITY_MODES",
