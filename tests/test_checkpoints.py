@@ -110,3 +110,14 @@ def test_resume_without_any_checkpoint_starts_a_new_run(tmp_path, caplog):
     (tmp_path / "checkpoint_checkpoint_epoch=1.pt").write_bytes(b"torn")
     with pytest.raises(ValueError, match="no readable checkpoint"):
         resume_from_latest(trainer, tmp_path, {"trainer": trainer})
+
+
+def test_temporaries_of_killed_writers_are_removed_at_the_next_save(tmp_path):
+    import os
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".model.pt.{dead.pid}.tmp").write_bytes(b"torn by a SIGKILL")
+    (tmp_path / f".model.pt.{os.getppid()}.tmp").write_bytes(b"a live writer's")
+    atomic_save({"w": torch.zeros(1)}, tmp_path / "model.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".model.pt.{os.getppid()}.tmp", "model.pt"]

@@ -37,11 +37,26 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.tmp`` files beside ``path`` left by a process that was killed mid-write (its pid is
+    gone); a temporary of a live process is left alone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2 : -len(".tmp")])
+            if pid != os.getpid():
+                os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 def atomic_save(obj, path: str | os.PathLike, writer=None) -> Path:
     """Write ``obj`` (``torch.save``, or ``writer(obj, file)``) to a temporary file beside ``path``, fsync it, rename
     it onto ``path`` and fsync the folder: ``path`` is always either the old complete file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
