@@ -21,7 +21,8 @@ class RegistrationTrainer(SupervisedTrainer):
     ``return_aux=True`` and its auxiliary outputs (SHMoE routing, MoA losses) are passed to the loss explicitly. ``amp`` uses bf16 autocast on CPU and fp16 with a gradient scaler on CUDA. All of MONAI's
     iteration events are fired (``MODEL_COMPLETED`` included), so handlers and post-processing run as usual.
 
-    Output per iteration: ``image`` (the network input), ``pred`` (the DDF), ``loss`` and every loss term as floats.
+    Output per iteration: ``image`` (the network input), ``pred`` (the DDF), ``loss`` and every loss term as detached
+    scalar tensors (no host sync in the iteration; :func:`~monai_moe_reg.engines.loss_terms` gives floats to loggers).
     All other arguments are :class:`monai.engines.SupervisedTrainer`'s.
     """
 
@@ -68,6 +69,7 @@ class RegistrationTrainer(SupervisedTrainer):
             engine.optimizer.step()
         engine.state.output[Keys.PRED] = ddf.detach()
         engine.state.output[Keys.LOSS] = loss.detach()
-        engine.state.output.update({k: float(torch.as_tensor(v).detach()) for k, v in terms.items() if k != "loss"})
+        # detached tensors, not floats: no GPU-to-host sync here; the loggers convert what they log (loss_terms)
+        engine.state.output.update({k: torch.as_tensor(v).detach() for k, v in terms.items() if k != "loss"})
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
