@@ -74,9 +74,9 @@ def routing_targets(
 class RoutingClassificationLoss(nn.Module):
     """BCE between SHMoE gate probabilities ``T`` and the targets ``Y`` of :func:`routing_targets` (paper Eq. 1).
 
-    ``forward(records, moving, fixed)`` takes the decoder's ``moe_records`` (``net.decoder.moe_records``) and the
-    network's moving and fixed images at input resolution. For each SHMoE level the images are zero-padded as the
-    network padded them, average-pooled to the level, the moving one warped by the level's prior flow, and the BCE
+    ``forward(records, moving, fixed)`` takes the SHMoE records of a forward (``aux["moe"]`` of
+    ``net(x, return_aux=True)``) and the network's moving and fixed images at input resolution. For each SHMoE
+    level the images are zero-padded as the network padded them, average-pooled to the level, the moving one warped by the level's prior flow, and the BCE
     averaged over experts and valid voxels. Targets carry no gradient; only the routers learn from this loss.
     The paper weights it ``lambda_rc = 0.001``.
 
