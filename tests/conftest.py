@@ -25,3 +25,16 @@ def tiny_shmoareg_kwargs(**overrides):
     )
     kw.update(overrides)
     return kw
+
+
+TINY_LLM_MORPH = dict(encoder_channels=(8, 8, 16, 16, 16), decoder_channels=(8, 8, 16, 16, 16), adapter_channels=64)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory):
+    """A random tiny LLaMA (8 layers) saved as two safetensors shards, shared by the LLM-Morph tests."""
+    from .llm_fixtures import write_sharded_llama
+
+    folder = tmp_path_factory.mktemp("llm") / "tiny_llama"
+    write_sharded_llama(folder, num_layers=8)
+    return folder

@@ -13,7 +13,6 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
 
-from .llm_fixtures import write_sharded_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ("shmoareg", "llm_morph")
@@ -29,10 +28,8 @@ ZOO_FILES = (
 
 
 @pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bundle_llm") / "tiny_llama"
-    write_sharded_llama(folder, num_layers=8)
-    return folder
+def tiny_llm(llama_dir):
+    return llama_dir
 
 
 def tiny_overrides(bundle: str, work: Path, tiny_llm: Path) -> dict:

@@ -13,17 +13,8 @@ from monai_moe_reg.data import synthetic_pair
 from monai_moe_reg.losses import SHMoARegLoss
 from monai_moe_reg.networks.nets import LLMMorph, SHMoAReg, VoxelMorphStyle
 
+from .conftest import TINY_LLM_MORPH as TINY_LLM
 from .conftest import tiny_shmoareg_kwargs
-from .llm_fixtures import write_sharded_llama
-
-TINY_LLM = dict(encoder_channels=(8, 8, 16, 16, 16), decoder_channels=(8, 8, 16, 16, 16), adapter_channels=64)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llm") / "tiny_llama"
-    write_sharded_llama(folder, num_layers=4)
-    return folder
 
 
 def batch(size=(30, 28, 26), n=2):

@@ -9,16 +9,7 @@ from monai_moe_reg.metrics import dice_per_label
 from monai_moe_reg.networks.blocks import DualPyramidEncoder, LLMEncodingBlock, LLMMorphDecoder, TokenAdapter
 from monai_moe_reg.networks.nets import LLMMorph
 
-from .llm_fixtures import write_sharded_llama
-
-TINY = dict(encoder_channels=(8, 8, 16, 16, 16), decoder_channels=(8, 8, 16, 16, 16), adapter_channels=64)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llm") / "tiny_llama"
-    write_sharded_llama(folder, num_layers=8)
-    return folder
+from .conftest import TINY_LLM_MORPH as TINY
 
 
 def test_token_adapter_shapes():
@@ -129,7 +120,7 @@ def test_dual_pyramid_encoder_top_down_pathway():
     # top-down: the full-resolution output merges the upsampled coarser outputs (Dual-PRNet), so it depends on the
     # 1/16 bottom-up feature, and the coarsest output is the 1/16 bottom-up feature itself
     assert enc.up[0].conv.in_channels == 4 + 6 and len(enc.up) == 4
-    bottom = enc.down[4]
+    bottom = enc.bottom_up.levels[4]
     hook = bottom.register_forward_hook(lambda m, i, o: o.retain_grad() or setattr(m, "out", o))
     feats = enc(x)
     hook.remove()

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from monai_moe_reg.networks.blocks.pyramid_cnn_encoder import PyramidCNNEncoder
+
 __all__ = ["DualPyramidEncoder"]
 
 
@@ -21,8 +23,8 @@ class DualPyramidEncoder(nn.Module):
     (full .. 1/16) of each stream: the 1/16 pair is tokenised for the LLM, and the 1/8 .. full pairs feed the decoding
     stages S4 .. S1.
 
-    Bottom-up level 0 is two 3x3 convolutions at full resolution; each further level a stride-2 convolution and a
-    3x3 convolution. Top-down: the coarsest output is the coarsest bottom-up feature; every finer output is a 3x3
+    The bottom-up pathway is a :class:`PyramidCNNEncoder` (level 0: two 3x3 convolutions at full resolution; each
+    further level a stride-2 convolution and a 3x3 convolution). Top-down: the coarsest output is the coarsest bottom-up feature; every finer output is a 3x3
     convolution of ``[bottom-up feature of that level, upsampled (linear) coarser output]``.
 
     Args:
@@ -49,26 +51,14 @@ class DualPyramidEncoder(nn.Module):
             raise ValueError(f"DualPyramidEncoder needs at least 2 levels, got channels={tuple(channels)}.")
         self.spatial_dims = spatial_dims
         self.out_channels = [int(c) for c in channels]
-        self.down = nn.ModuleList()
-        prev = in_channels
-        for i, ch in enumerate(self.out_channels):
-            self.down.append(
-                nn.Sequential(
-                    Convolution(spatial_dims, prev, ch, strides=1 if i == 0 else 2, act=act, norm=norm),
-                    Convolution(spatial_dims, ch, ch, act=act, norm=norm),
-                )
-            )
-            prev = ch
+        self.bottom_up = PyramidCNNEncoder(spatial_dims, in_channels, channels, act=act, norm=norm)
         self.up = nn.ModuleList(
             Convolution(spatial_dims, ch + coarser, ch, act=act, norm=norm)
             for ch, coarser in zip(self.out_channels[:-1], self.out_channels[1:])
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        bottom_up = []
-        for level in self.down:
-            x = level(x)
-            bottom_up.append(x)
+        bottom_up = self.bottom_up(x)
         out = [bottom_up[-1]]
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
         for lv in reversed(range(len(self.up))):
