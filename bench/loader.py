@@ -74,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         datalist = write_subjects(Path(tmp), args.subjects, args.size)
         t = time.perf_counter()
-        cached = training_pairs(datalist, "training", pair_transforms())
+        cached = training_pairs(datalist, "training")
         cache_s = time.perf_counter() - t
         loader = DataLoader(cached, batch_size=1, sampler=pair_sampler(cached, args.pairs + 1),
                             num_workers=args.workers)

@@ -259,7 +259,7 @@ def test_amp_training_on_cpu(tmp_path, tiny_llm):
 
 
 def test_training_draws_random_pairs_from_cached_subjects(tmp_path, tiny_llm):
-    from monai_moe_reg.data import SubjectPairs, synthetic_pair
+    from monai_moe_reg.data import CachedPairs, synthetic_pair
 
     data = tmp_path / "data"
     data.mkdir()
@@ -276,7 +276,7 @@ def test_training_draws_random_pairs_from_cached_subjects(tmp_path, tiny_llm):
     ov = tiny_overrides("shmoareg", tmp_path, tiny_llm)
     wf = workflow("shmoareg", "train.json", "train", max_epochs=1, val_interval=1, epoch_length=3, num_workers=1, **ov)
     wf.initialize()
-    assert isinstance(wf.trainer.data_loader.dataset, SubjectPairs) and len(wf.trainer.data_loader.dataset) == 12
+    assert isinstance(wf.trainer.data_loader.dataset, CachedPairs) and len(wf.trainer.data_loader.dataset) == 12
     wf.run()
     assert wf.trainer.state.epoch_length == 3 and wf.trainer.state.iteration == 3
     assert (tmp_path / "models" / "model.pt").is_file()

@@ -141,21 +141,22 @@ def _subjects(tmp_path, n=4, shapes=None):
 def test_subject_lists_become_cached_random_pairs(tmp_path):
     from monai.data import CacheDataset
 
-    from monai_moe_reg.data import SubjectPairs, pair_sampler, training_pairs
+    from monai_moe_reg.data import CachedPairs, pair_sampler, training_pairs
 
     subjects = _subjects(tmp_path)
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps({"training": {"subjects": subjects, "pairing": "all"},
                                 "atlas_set": {"subjects": subjects[1:], "pairing": "atlas", "atlas": subjects[0]}}))
-    ds = training_pairs(path, "training", pair_transforms())
-    assert isinstance(ds, SubjectPairs) and isinstance(ds.subjects, CacheDataset) and len(ds) == 12
+    ds = training_pairs(path, "training")
+    assert isinstance(ds, CachedPairs) and isinstance(ds.moving, CacheDataset) and ds.moving is ds.fixed
+    assert len(ds) == 12
     pairs = {ds.pair_indices(k) for k in range(len(ds))}
     assert pairs == {(m, f) for m in range(4) for f in range(4) if m != f}  # every ordered pair, never m == f
     item = ds[5]
     m, f = ds.pair_indices(5)
-    assert torch.equal(item["moving_image"], ds.subjects[m]["image"]) and "fixed_label" in item
-    atlas = training_pairs(path, "atlas_set", pair_transforms())
-    assert len(atlas) == 3 and all(atlas.pair_indices(k) == (None, k) for k in range(3))
+    assert torch.equal(item["moving_image"], ds.moving[m]["image"]) and "fixed_label" in item
+    atlas = training_pairs(path, "atlas_set")
+    assert len(atlas) == 3 and all(atlas.pair_indices(k) == (0, k) for k in range(3)) and len(atlas.moving) == 1
     torch.manual_seed(0)
     drawn = list(pair_sampler(ds, epoch_length=25))
     torch.manual_seed(0)
@@ -164,7 +165,7 @@ def test_subject_lists_become_cached_random_pairs(tmp_path):
     with pytest.raises(ValueError, match="epoch_length"):
         pair_sampler(ds, 0)
     with pytest.raises(ValueError, match="subject list .* one modality"):
-        training_pairs(path, "training", pair_transforms(), moving_intensity="mr", fixed_intensity="ct")
+        training_pairs(path, "training", moving_intensity="mr", fixed_intensity="ct")
 
 
 def test_subject_pairs_on_different_grids_are_resampled_to_the_fixed_one(tmp_path):
@@ -173,6 +174,21 @@ def test_subject_pairs_on_different_grids_are_resampled_to_the_fixed_one(tmp_pat
     subjects = _subjects(tmp_path, n=2, shapes=[(12, 12, 12), (10, 14, 12)])
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps({"training": {"subjects": subjects}}))
-    ds = training_pairs(path, "training", pair_transforms(), cache="none")
+    ds = training_pairs(path, "training", cache="none")
     item = ds[0]
     assert item["moving_image"].shape == item["fixed_image"].shape == item["moving_label"].shape
+
+
+def test_pair_lists_cache_each_distinct_image_once(tmp_path):
+    from monai_moe_reg.data import training_pairs
+
+    subjects = _subjects(tmp_path, n=5)
+    entries = [{"moving_image": subjects[m]["image"], "moving_label": subjects[m]["label"],
+                "fixed_image": subjects[f]["image"], "fixed_label": subjects[f]["label"]}
+               for m in (0, 1) for f in (2, 3, 4)]  # unpaired MR x CT style: 2 moving, 3 fixed, 6 pairs
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": entries}))
+    ds = training_pairs(path, "training", moving_intensity="mr", fixed_intensity="ct")
+    assert len(ds) == 6 and len(ds.moving) == 2 and len(ds.fixed) == 3
+    item = ds[4]
+    assert item["moving_image"].shape == item["fixed_image"].shape and float(item["fixed_image"].max()) <= 1.0

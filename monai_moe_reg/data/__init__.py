@@ -8,9 +8,10 @@ from monai_moe_reg.data.datalist import (
 )
 from monai_moe_reg.data.pair_dataset import (
     CACHE_MODES,
-    SubjectPairs,
+    CachedPairs,
     cached_dataset,
     pair_sampler,
+    subject_pairs,
     subject_transforms,
     training_pairs,
 )
@@ -26,9 +27,10 @@ from monai_moe_reg.data.transforms import INTENSITY_MODES, CheckFinited, intensi
 
 __all__ = [
     "CACHE_MODES",
-    "SubjectPairs",
+    "CachedPairs",
     "cached_dataset",
     "pair_sampler",
+    "subject_pairs",
     "subject_transforms",
     "training_pairs",
     "DATALIST_NAME",
