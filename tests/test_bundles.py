@@ -280,3 +280,20 @@ def test_training_draws_random_pairs_from_cached_subjects(tmp_path, tiny_llm):
     wf.run()
     assert wf.trainer.state.epoch_length == 3 and wf.trainer.state.iteration == 3
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("bundle, recipe, expected", [
+    ("shmoareg", "oasis", {"spatial_size": [128, 128, 128], "loss#lambda_reg": 0.01, "epoch_length": 1000}),
+    ("shmoareg", "btcv", {"moving_intensity": "ct", "loss#lambda_reg": 0.1, "max_epochs": 100}),
+    ("llm_morph", "abdomenmrct", {"network_def#half_resolution": True, "num_classes": 5, "fixed_intensity": "ct"}),
+    ("llm_morph", "srreg", {"num_classes": 61, "max_epochs": 300, "amp": True}),
+])
+def test_paper_recipes_merge_with_train_json(bundle, recipe, expected):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    root = ROOT / "bundles" / bundle / "configs"
+    parser.read_config([str(root / "train.json"), str(root / "recipes" / f"{recipe}.json")])
+    for key, value in expected.items():
+        assert parser[key] == value, key
+    assert parser["train#dataset"].startswith("$monai_moe_reg.data.training_pairs")
