@@ -26,8 +26,8 @@ class SHMoAReg(nn.Module):
     used per token).
 
     Choices where the paper is silent (all arguments): window size = the coarsest token grid of ``img_size``
-    (TransMorph's rule, ``(4, 4, 4)`` for 128^3); decoder channels; SHMoE gates with a mixture gradient to the router; the routing
-    classification targets (see :class:`~monai_moe_reg.losses.RoutingClassificationLoss`).
+    (TransMorph's rule, ``(4, 4, 4)`` for 128^3); decoder channels; SHMoE gates with a mixture gradient to the
+    router; the routing classification targets (see :class:`~monai_moe_reg.losses.RoutingClassificationLoss`).
 
     Args:
         spatial_dims: 2 or 3.
