@@ -106,3 +106,17 @@ def test_one_fused_convolution_equals_the_experts_run_one_by_one(spatial_dims):
     grads = torch.autograd.grad(fused.pow(2).sum(), [e.weight for e in layer.experts])
     ref = torch.autograd.grad(separate.pow(2).sum(), [e.weight for e in layer.experts])
     assert all(g.shape == r.shape and torch.allclose(g, r, atol=1e-4) for g, r in zip(grads, ref))
+
+
+def test_conv_of_concatenated_parts_equals_the_block_on_the_concatenation():
+    from monai.networks.blocks import Convolution
+
+    from monai_moe_reg.networks.blocks.pyramid_decoder import conv_concatenated
+
+    block = Convolution(3, 12, 5, act=("leakyrelu", {"negative_slope": 0.2}), norm=None)
+    parts = [torch.randn(2, c, 7, 6, 5, requires_grad=True) for c in (4, 5, 3)]
+    ref, out = block(torch.cat(parts, 1)), conv_concatenated(block, parts)
+    assert torch.allclose(ref, out, atol=1e-5)
+    grads = torch.autograd.grad(out.sum(), [block.conv.weight, *parts])
+    ref_grads = torch.autograd.grad(ref.sum(), [block.conv.weight, *parts])
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, ref_grads))

@@ -43,7 +43,7 @@ class DualPyramidEncoder(nn.Module):
         spatial_dims: int,
         in_channels: int = 1,
         channels: Sequence[int] = (16, 32, 32, 64, 64),
-        act: str | tuple = ("leakyrelu", {"negative_slope": 0.2}),
+        act: str | tuple = ("leakyrelu", {"negative_slope": 0.2, "inplace": True}),
         norm: str | tuple | None = ("instance", {"affine": True}),
     ) -> None:
         super().__init__()

@@ -12,6 +12,7 @@ from monai.networks.layers.utils import get_pool_layer
 from torch import nn
 
 from monai_moe_reg.networks.blocks.flow import ResidualFlowComposer, upsample_ddf
+from monai_moe_reg.networks.blocks.pyramid_decoder import conv_concatenated
 
 __all__ = ["LLMMorphDecoder"]
 
@@ -63,7 +64,7 @@ class LLMMorphDecoder(nn.Module):
         image_channels: int = 1,
         diffeomorphic: bool = False,
         integration_steps: int = 7,
-        act: str | tuple = ("leakyrelu", {"negative_slope": 0.2}),
+        act: str | tuple = ("leakyrelu", {"negative_slope": 0.2, "inplace": True}),
         norm: str | tuple | None = None,
         head_init_std: float = 1e-5,
     ) -> None:
@@ -117,7 +118,7 @@ class LLMMorphDecoder(nn.Module):
             if lv < 2:
                 flow = upsample_ddf(flow, tuple(size))
                 parts += [self.warp(self._level_image(moving_image, lv), flow), flow]
-            fused = self.fuse[lv](torch.cat(parts, dim=1))
+            fused = conv_concatenated(self.fuse[lv], parts)
             if lv < 3:
                 flow = self.composer(flow, self.heads[lv](fused))
         return flow

@@ -13,7 +13,29 @@ from torch import nn
 from monai_moe_reg.networks.blocks.flow import ResidualFlowComposer, upsample_ddf
 from monai_moe_reg.networks.blocks.shmoe import SHMoE
 
-__all__ = ["PyramidDecoder"]
+__all__ = ["PyramidDecoder", "conv_concatenated"]
+
+
+def conv_concatenated(block: Convolution, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``block(torch.cat(parts, 1))`` for a MONAI :class:`Convolution` (conv, then norm/act), computed as the sum of
+    the convolution of each part with its slice of the kernel. Same result and parameters, but the concatenated
+    input is never built, so backward keeps only the parts (which other layers keep anyway): at 128^3 the
+    full-resolution concatenation alone was 400 MB of a training step. Without autograd (inference) the single
+    convolution of the concatenation is used: it is faster there and nothing is kept."""
+    conv = block.conv
+    training = torch.is_grad_enabled() and any(p.requires_grad for p in [*parts, conv.weight])
+    if not training or len(parts) == 1 or not isinstance(conv, (nn.Conv2d, nn.Conv3d)) or conv.groups != 1:
+        return block(torch.cat(list(parts), dim=1))
+    fn = F.conv3d if isinstance(conv, nn.Conv3d) else F.conv2d
+    out, start = None, 0
+    for part in parts:
+        width = part.shape[1]
+        term = fn(part, conv.weight[:, start : start + width], None, conv.stride, conv.padding, conv.dilation)
+        out = term if out is None else out + term
+        start += width
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, -1, *([1] * (out.ndim - 2)))
+    return block.adn(out) if hasattr(block, "adn") else out
 
 
 class PyramidDecoder(nn.Module):
@@ -71,7 +93,7 @@ class PyramidDecoder(nn.Module):
         moe_gate_mode: str = "straight_through",
         diffeomorphic: bool = False,
         integration_steps: int = 7,
-        act: str | tuple = ("leakyrelu", {"negative_slope": 0.2}),
+        act: str | tuple = ("leakyrelu", {"negative_slope": 0.2, "inplace": True}),
         norm: str | tuple | None = None,
         head_init_std: float = 1e-5,
     ) -> None:
@@ -135,7 +157,7 @@ class PyramidDecoder(nn.Module):
                 parts.append(F.interpolate(self.laterals[lv](dec), size=size, mode=mode, align_corners=False))
             if extra_feats[lv] is not None:
                 parts.append(extra_feats[lv])
-            dec = self.blocks[lv](torch.cat(parts, dim=1))
+            dec = conv_concatenated(self.blocks[lv], parts)
             head = self.heads[lv]
             if isinstance(head, SHMoE) and return_aux:
                 residual, aux = head(dec, return_aux=True)

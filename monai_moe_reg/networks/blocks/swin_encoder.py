@@ -83,9 +83,10 @@ class SwinRegEncoder(nn.Module):
         self.stride = patch_size * 2 ** (len(depths) - 1)
         self.out_channels = [int(c) for c in conv_channels] + [embed_dim * 2**i for i in range(len(depths))]
 
-        self.conv_full = Convolution(spatial_dims, in_channels, conv_channels[0], act=("leakyrelu", {"negative_slope": 0.2}))
+        act = ("leakyrelu", {"negative_slope": 0.2, "inplace": True})
+        self.conv_full = Convolution(spatial_dims, in_channels, conv_channels[0], act=act)
         self.pool = get_pool_layer(("avg", {"kernel_size": 2, "stride": 2}), spatial_dims=spatial_dims)
-        self.conv_half = Convolution(spatial_dims, in_channels, conv_channels[1], act=("leakyrelu", {"negative_slope": 0.2}))
+        self.conv_half = Convolution(spatial_dims, in_channels, conv_channels[1], act=act)
         self.patch_embed = PatchEmbed(
             patch_size=patch_size, in_chans=in_channels, embed_dim=embed_dim, spatial_dims=spatial_dims
         )
