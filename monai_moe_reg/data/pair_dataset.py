@@ -158,11 +158,11 @@ def training_pairs(
         entries = load_pairs(datalist, section)
         sides = {}
         for side, mode in (("moving", moving_intensity), ("fixed", fixed_intensity)):
-            items = list({tuple(sorted(_side(e, side).items())): None for e in entries})
-            index = {item: i for i, item in enumerate(items)}
-            sides[side] = (cached_dataset([dict(i) for i in items], subject_transforms(spatial_size, mode), cache,
+            keys = [tuple(sorted(_side(e, side).items())) for e in entries]
+            index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # distinct images, first-seen order
+            sides[side] = (cached_dataset([dict(key) for key in index], subject_transforms(spatial_size, mode), cache,
                                           None if cache_dir is None else Path(cache_dir) / side, num_workers),
-                           [index[tuple(sorted(_side(e, side).items()))] for e in entries])
+                           [index[key] for key in keys])
         return CachedPairs(sides["moving"][0], sides["fixed"][0], list(zip(sides["moving"][1], sides["fixed"][1])))
     if moving_intensity != fixed_intensity:
         raise ValueError(

@@ -18,7 +18,8 @@ class RegistrationTrainer(SupervisedTrainer):
     ``loss_function`` must provide ``batch_loss(batch, ddf, aux) -> dict`` with a ``"loss"`` entry (both
     :class:`~monai_moe_reg.losses.SHMoARegLoss` and :class:`~monai_moe_reg.losses.LLMMorphLoss` do), so each
     network trains with its paper's objective. When the loss says ``needs_aux``, the network is called with
-    ``return_aux=True`` and its auxiliary outputs (SHMoE routing, MoA losses) are passed to the loss explicitly. ``amp`` uses bf16 autocast on CPU and fp16 with a gradient scaler on CUDA. All of MONAI's
+    ``return_aux=True`` and its auxiliary outputs (SHMoE routing, MoA losses) are passed to the loss explicitly.
+    ``amp`` uses bf16 autocast on CPU and fp16 with a gradient scaler on CUDA. All of MONAI's
     iteration events are fired (``MODEL_COMPLETED`` included), so handlers and post-processing run as usual.
 
     Output per iteration: ``image`` (the network input), ``pred`` (the DDF), ``loss`` and every loss term as detached
@@ -33,6 +34,8 @@ class RegistrationTrainer(SupervisedTrainer):
         self.use_amp = bool(amp)
         cuda = torch.device(self.state.device).type == "cuda"
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp and cuda else None
+        # decided once, not per iteration (inspecting the forward signature every step is hot-path work)
+        self.pass_aux = getattr(self.loss_function, "needs_aux", False) and has_aux(self.network)
         if not hasattr(self.loss_function, "batch_loss"):
             raise ValueError(
                 f"loss_function {type(self.loss_function).__name__} needs a batch_loss(batch, ddf, aux) method "
@@ -48,7 +51,7 @@ class RegistrationTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast(engine.state.device, engine.use_amp):
-            if getattr(engine.loss_function, "needs_aux", False) and has_aux(engine.network):
+            if engine.pass_aux:
                 ddf, aux = engine.inferer(x, engine.network, return_aux=True)
             else:
                 ddf, aux = engine.inferer(x, engine.network), None

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_pair_input", "check_pair_output", "pad_to_multiple", "crop_spatial"]
+__all__ = ["check_pair_input", "check_pair_output", "prepare_pair_input", "encode_pair", "pad_to_multiple", "crop_spatial"]
 
 
 def check_pair_input(
@@ -54,6 +54,22 @@ def check_pair_output(ddf: torch.Tensor, x: torch.Tensor, name: str = "network")
             f"{name} produced a non-finite displacement field from an input with intensities in [{lo:.3g}, {hi:.3g}]; "
             "scale the images to about [0, 1] first (the bundles' preprocessing does: ScaleIntensityd)."
         )
+
+
+def prepare_pair_input(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The registration nets' common input step: :func:`check_pair_input` with ``net``'s ``spatial_dims``,
+    ``2 * in_channels`` and ``check_values``, then ``x`` at the weights' dtype (float16/64 inputs run at the weights'
+    dtype; autocast still applies)."""
+    check_pair_input(x, net.spatial_dims, 2 * net.in_channels, type(net).__name__, net.check_values)
+    return x.to(next(net.parameters()).dtype)
+
+
+def encode_pair(encoder, moving: torch.Tensor, fixed: torch.Tensor, *args) -> tuple[list, list]:
+    """Run a weight-shared ``encoder`` once over moving and fixed stacked on the batch axis; returns the moving and
+    the fixed feature lists."""
+    feats = encoder(torch.cat([moving, fixed], dim=0), *args)
+    b = moving.shape[0]
+    return [f[:b] for f in feats], [f[b:] for f in feats]
 
 
 def pad_to_multiple(

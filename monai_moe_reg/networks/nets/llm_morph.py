@@ -17,7 +17,7 @@ from monai_moe_reg.networks.blocks.llm_encoding_block import LLMEncodingBlock, V
 from monai_moe_reg.networks.blocks.llm_morph_decoder import LLMMorphDecoder
 from monai_moe_reg.networks.blocks.pyramid_cnn_encoder import PyramidCNNEncoder
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
-from monai_moe_reg.networks.utils import check_pair_input, check_pair_output, crop_spatial, pad_to_multiple
+from monai_moe_reg.networks.utils import check_pair_output, crop_spatial, encode_pair, pad_to_multiple, prepare_pair_input
 
 __all__ = ["LLMMorph"]
 
@@ -193,18 +193,14 @@ class LLMMorph(nn.Module):
             self.pool = get_pool_layer(("avg", {"kernel_size": 2, "stride": 2}), spatial_dims=spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = type(self).__name__
-        check_pair_input(x, self.spatial_dims, 2 * self.in_channels, name, self.check_values)
         x_in = x
-        x = x.to(next(self.parameters()).dtype)  # float16/64 inputs run at the weights' dtype (autocast still applies)
-        x, size = pad_to_multiple(x, self.stride, min_multiples=2)  # instance norm needs > 1 voxel at 1/16
+        x, size = pad_to_multiple(prepare_pair_input(self, x), self.stride, min_multiples=2)  # instance norm needs > 1 voxel at 1/16
         padded = x.shape[2:]
         if self.half_resolution:
             x = self.pool(x)
         moving, fixed = x[:, : self.in_channels], x[:, self.in_channels :]
         if self.encoder_fixed is None:  # weight-shared streams: one pass over both images
-            feats = self.encoder_moving(torch.cat([moving, fixed], dim=0))
-            moving_feats, fixed_feats = [f[: x.shape[0]] for f in feats], [f[x.shape[0] :] for f in feats]
+            moving_feats, fixed_feats = encode_pair(self.encoder_moving, moving, fixed)
         else:
             moving_feats, fixed_feats = self.encoder_moving(moving), self.encoder_fixed(fixed)
         extra = None
@@ -223,5 +219,5 @@ class LLMMorph(nn.Module):
             ddf = upsample_ddf(ddf, tuple(padded))
         ddf = crop_spatial(ddf, size)
         if self.check_values:
-            check_pair_output(ddf, x_in, name)
+            check_pair_output(ddf, x_in, type(self).__name__)
         return ddf

@@ -11,7 +11,7 @@ from torch import nn
 
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
 from monai_moe_reg.networks.blocks.swin_encoder import SwinRegEncoder
-from monai_moe_reg.networks.utils import check_pair_input, check_pair_output, crop_spatial, pad_to_multiple
+from monai_moe_reg.networks.utils import check_pair_output, crop_spatial, encode_pair, pad_to_multiple, prepare_pair_input
 
 __all__ = ["SHMoAReg"]
 
@@ -150,20 +150,15 @@ class SHMoAReg(nn.Module):
         self._last_maps: dict = {}  # detached routing of the last forward, for the read-only properties only
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
-        name = type(self).__name__
-        check_pair_input(x, self.spatial_dims, 2 * self.in_channels, name, self.check_values)
         x_in = x
-        x = x.to(next(self.parameters()).dtype)  # float16/64 inputs run at the weights' dtype (autocast still applies)
-        x, size = pad_to_multiple(x, self.stride)
+        x, size = pad_to_multiple(prepare_pair_input(self, x), self.stride)
         moa: list | None = [] if return_aux else None
         moving, fixed = x[:, : self.in_channels], x[:, self.in_channels :]
-        feats = self.encoder(torch.cat([moving, fixed], dim=0), moa)  # one pass through the shared backbone
-        moving_feats = [f[: x.shape[0]] for f in feats]
-        fixed_feats = [f[x.shape[0] :] for f in feats]
+        moving_feats, fixed_feats = encode_pair(self.encoder, moving, fixed, moa)  # one pass, shared backbone
         ddf, records = self.decoder(fixed_feats, moving_feats, return_aux=True)  # the gates exist anyway
         ddf = crop_spatial(ddf, size)
         if self.check_values:
-            check_pair_output(ddf, x_in, name)
+            check_pair_output(ddf, x_in, type(self).__name__)
         aux = self._aux(records, moa or [], size, ddf)
         self._last_maps = {k: [t.detach() for t in aux[k]] for k in ("routing", "expert_maps")}
         return (ddf, aux) if return_aux else ddf
