@@ -192,3 +192,18 @@ def test_pair_lists_cache_each_distinct_image_once(tmp_path):
     assert len(ds) == 6 and len(ds.moving) == 2 and len(ds.fixed) == 3
     item = ds[4]
     assert item["moving_image"].shape == item["fixed_image"].shape and float(item["fixed_image"].max()) <= 1.0
+
+
+def test_bad_cache_mode_and_atlas_without_image_are_named(tmp_path):
+    from monai_moe_reg.data import training_pairs
+
+    subjects = _subjects(tmp_path, n=2)
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": {"subjects": subjects}, "atlas_set": {"subjects": subjects,
+                                                                                  "pairing": "atlas"}}))
+    with pytest.raises(ValueError, match="cache must be one of"):
+        training_pairs(path, "training", cache="gpu")
+    with pytest.raises(ValueError, match="cache='disk' needs a cache_dir"):
+        training_pairs(path, "training", cache="disk")
+    with pytest.raises(ValueError, match="'atlas' pairing but has no 'atlas'"):
+        training_pairs(path, "atlas_set")
