@@ -249,3 +249,25 @@ def test_overfits_a_synthetic_multimodal_pair(llama_dir):
         opt.step()
     after = dice()
     assert after >= before + 0.15, (before, after)
+
+
+def test_checkpoint_holds_only_trained_weights_and_scripts_for_any_size(llama_dir):
+    """state_dict() leaves out the frozen LLM layers (they come from the LLM file): strict loading of such a
+    checkpoint, and of an older one that includes them, both work; torch.jit.script gives a module for any size."""
+    net = LLMMorph(str(llama_dir), llm_layers=(2, 5), lora_rank=4, export_size=32, flow_init_std=0.05, **TINY).eval()
+    state = net.state_dict()
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen and not frozen & set(state), "frozen LLM weights are not saved"
+    assert {n for n, p in net.named_parameters() if p.requires_grad} <= set(state)
+    other = LLMMorph(str(llama_dir), llm_layers=(2, 5), lora_rank=4, export_size=32, **TINY).eval()
+    other.load_state_dict(state, strict=True)
+    full = {**state, **{n: p.detach() for n, p in net.named_parameters() if not p.requires_grad}}
+    other.load_state_dict(full, strict=True)  # an older checkpoint with the frozen weights
+    x = torch.rand(1, 2, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(other(x), net(x))
+        scripted = torch.jit.script(net)
+        y = torch.rand(1, 2, 32, 32, 32) * 2  # not the traced example: the trace replays any input at its grid
+        assert torch.allclose(scripted(y), net(y), atol=1e-5)
+        assert scripted(torch.rand(1, 2, 40, 24, 36)).shape == (1, 3, 40, 24, 36)
+    assert not net.training and net.check_values

@@ -149,3 +149,27 @@ def test_overfits_a_synthetic_pair(diffeomorphic):
 def test_routing_is_empty_before_the_first_forward():
     net = SHMoAReg(**tiny_shmoareg_kwargs())
     assert net.routing == [] and net.expert_maps == [] and hasattr(net, "expert_maps")
+
+
+def test_torchscript_form_equals_eager_at_its_grid_and_takes_any_size():
+    """torch.jit.script (MONAI ckpt_export) traces at img_size and resamples other sizes: at the grid it replays
+    the eager network exactly on inputs other than the traced one (MoA and SHMoE routing included)."""
+    net = SHMoAReg(**tiny_shmoareg_kwargs(flow_init_std=0.05)).train()
+    scripted = torch.jit.script(net)
+    assert net.training, "the network's mode is restored"
+    net.eval()
+    for scale in (1.0, 3.0):
+        x = torch.rand(1, 2, 32, 32, 32) * scale
+        with torch.no_grad():
+            assert torch.allclose(scripted(x), net(x), atol=1e-5)
+    x = torch.rand(1, 2, 48, 40, 24)
+    with torch.no_grad():
+        out = scripted(x)
+    assert out.shape == (1, 3, 48, 40, 24)
+    # a uniform shift of 1 grid voxel along axis 0 becomes (48 - 1) / (32 - 1) input voxels
+    shift = torch.zeros(1, 3, 32, 32, 32)
+    shift[:, 0] = 1.0
+    from monai_moe_reg.networks.export import FixedGridExport
+
+    const = FixedGridExport(torch.jit.trace(lambda t: shift.expand(t.shape[0], -1, -1, -1, -1), x[..., :32, :32, :32]), (32, 32, 32))
+    assert torch.allclose(const(x)[:, 0], torch.full((1, 48, 40, 24), 47 / 31))

@@ -27,6 +27,11 @@ class LLMEncodingBlock(nn.Module):
     into ``q_proj``, ``k_proj`` and ``v_proj`` with ``peft.inject_adapter_in_model`` and are the only trainable LLM
     parameters. ``lora_rank=0`` disables LoRA (the paper's "w/o LoRA" ablation).
 
+    The frozen pretrained weights are **not part of** ``state_dict()``: they come from the LLM source the block was
+    built from, so checkpoints hold only what training changes (LoRA, adapters), which keeps LLM-Morph's
+    ``model.pt`` within the Model Zoo's 25 MB per file. ``load_state_dict(strict=True)`` accepts such checkpoints
+    (the frozen weights keep their pretrained values) as well as older ones that include the frozen weights.
+
     Args:
         in_features: token channels entering Adapter0.
         decoder_layer: a decoder layer (e.g. from :func:`monai_moe_reg.llm.load_decoder_layers`).
@@ -75,6 +80,9 @@ class LLMEncodingBlock(nn.Module):
             for name, p in decoder_layer.named_parameters():
                 p.requires_grad_("lora_" in name)
         self.layer = decoder_layer
+        self.pretrained_keys = tuple(f"layer.{n}" for n, p in decoder_layer.named_parameters() if not p.requires_grad)
+        self.register_state_dict_post_hook(_drop_pretrained)
+        self.register_load_state_dict_pre_hook(_keep_pretrained)
         self.rotary = rotary
         self.causal = causal
         self.layer.self_attn.is_causal = causal
@@ -91,6 +99,19 @@ class LLMEncodingBlock(nn.Module):
         self.layer.self_attn.is_causal = self.causal
         out = self.layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=(cos, sin))
         return out[0] if isinstance(out, tuple) else out
+
+
+def _drop_pretrained(module: LLMEncodingBlock, state_dict: dict, prefix: str, local_metadata) -> None:
+    """``state_dict`` post-hook: remove the frozen pretrained weights (they come from the LLM source)."""
+    for key in module.pretrained_keys:
+        state_dict.pop(prefix + key, None)
+
+
+def _keep_pretrained(module: LLMEncodingBlock, state_dict: dict, prefix: str, *args) -> None:
+    """``load_state_dict`` pre-hook: a checkpoint without the frozen weights keeps the loaded pretrained ones."""
+    own = dict(module.named_parameters())
+    for key in module.pretrained_keys:
+        state_dict.setdefault(prefix + key, own[key].detach())
 
 
 class ViTEncodingBlock(nn.Module):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.layers.utils import get_pool_layer
+from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from monai_moe_reg.llm.loading import LoadedLayers, load_decoder_layers
@@ -17,6 +18,7 @@ from monai_moe_reg.networks.blocks.llm_encoding_block import LLMEncodingBlock, V
 from monai_moe_reg.networks.blocks.llm_morph_decoder import LLMMorphDecoder
 from monai_moe_reg.networks.blocks.pyramid_cnn_encoder import PyramidCNNEncoder
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
+from monai_moe_reg.networks.export import script_at_grid
 from monai_moe_reg.networks.utils import check_pair_output, crop_spatial, encode_pair, pad_to_multiple, prepare_pair_input
 
 __all__ = ["LLMMorph"]
@@ -70,6 +72,8 @@ class LLMMorph(nn.Module):
         llm_dtype: dtype of the loaded LLM weights.
         flow_init_std: std of the flow heads' initial weights; ``0.0`` makes the initial DDF exactly zero.
         design: ``"paper"`` (DualPyramid encoder, decoding stages S4 .. S1) or ``"pyramid"`` (earlier design).
+        export_size: grid of the TorchScript form (``torch.jit.script(net)``: traced at this size, any input size
+            resampled to it; see :mod:`monai_moe_reg.networks.export`).
         check_values: refuse non-finite inputs and outputs with a ``ValueError`` (one host sync per forward;
             the bundles' training configs turn it off and check images as they are loaded instead).
 
@@ -100,9 +104,11 @@ class LLMMorph(nn.Module):
         check_values: bool = True,
         design: str = "paper",
         flow_init_std: float = 1e-5,
+        export_size: Sequence[int] | int = 128,
     ) -> None:
         super().__init__()
         self.check_values = check_values
+        self.export_size = ensure_tuple_rep(export_size, spatial_dims)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if num_lebs not in (0, 1, 2):
@@ -191,6 +197,11 @@ class LLMMorph(nn.Module):
             )
         if half_resolution:
             self.pool = get_pool_layer(("avg", {"kernel_size": 2, "stride": 2}), spatial_dims=spatial_dims)
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script(net)`` (and MONAI's ``ckpt_export``): the network traced at ``export_size`` in a
+        :class:`~monai_moe_reg.networks.export.FixedGridExport` that accepts any input size."""
+        return script_at_grid(self, self.export_size, self.in_channels, self.spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_in = x

@@ -11,6 +11,7 @@ from torch import nn
 
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
 from monai_moe_reg.networks.blocks.swin_encoder import SwinRegEncoder
+from monai_moe_reg.networks.export import script_at_grid
 from monai_moe_reg.networks.utils import check_pair_output, crop_spatial, encode_pair, pad_to_multiple, prepare_pair_input
 
 __all__ = ["SHMoAReg"]
@@ -32,7 +33,9 @@ class SHMoAReg(nn.Module):
     Args:
         spatial_dims: 2 or 3.
         in_channels: channels of *one* image (the input has ``2 * in_channels``: moving then fixed).
-        img_size: nominal training size, only used to derive ``window_size`` when that is ``None``.
+        img_size: nominal training size: derives ``window_size`` when that is ``None``, and is the grid of the
+            TorchScript form (``torch.jit.script(net)``: traced at ``img_size``, any input size resampled to it; see
+            :mod:`monai_moe_reg.networks.export`).
         window_size: Swin window; ``None`` = ``img_size // stride`` per axis (at least 2).
         embed_dim, depths, num_heads, mlp_ratio: Swin backbone (TransMorph-small: 48, (2,2,4,2), (4,4,4,4), 4).
         conv_channels: conv features at full and 1/2 resolution.
@@ -108,6 +111,7 @@ class SHMoAReg(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.stride = 4 * 2 ** (len(depths) - 1)
+        self.img_size = ensure_tuple_rep(img_size, spatial_dims)
         if window_size is None:
             window_size = tuple(max(2, math.ceil(s / self.stride)) for s in ensure_tuple_rep(img_size, spatial_dims))
         self.window_size = ensure_tuple_rep(window_size, spatial_dims)
@@ -162,6 +166,11 @@ class SHMoAReg(nn.Module):
         aux = self._aux(records, moa or [], size, ddf)
         self._last_maps = {k: [t.detach() for t in aux[k]] for k in ("routing", "expert_maps")}
         return (ddf, aux) if return_aux else ddf
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script(net)`` (and MONAI's ``ckpt_export``): the network traced at ``img_size`` in a
+        :class:`~monai_moe_reg.networks.export.FixedGridExport` that accepts any input size."""
+        return script_at_grid(self, self.img_size, self.in_channels, self.spatial_dims)
 
     @property
     def routing(self) -> list[torch.Tensor]:
