@@ -9,12 +9,16 @@ from ignite.engine import Engine
 
 __all__ = [
     "bundle_config",
+    "bundle_dir",
     "bundle_root",
+    "default_weights",
+    "expected_hash",
     "latest_checkpoint",
     "load_network_weights",
     "locate",
     "require_path",
     "resume_from_latest",
+    "shipped_weights",
 ]
 
 BUNDLE_NAMES = ("shmoareg", "llm_morph")
@@ -33,6 +37,30 @@ def locate(name: str) -> str:
     raise FileNotFoundError(
         f"cannot find the '{name}' bundle folder from {Path.cwd()}; run from the repository root or the bundle folder, "
         "or pass --bundle_root <path to bundles/" + name + ">."
+    )
+
+
+def bundle_dir(root: str | os.PathLike, name: str) -> str:
+    """Absolute bundle folder for the configs' ``bundle_root`` (``"."`` by default, as in Model Zoo bundles).
+
+    ``root`` itself when it is a bundle folder (has ``configs/metadata.json``): the current folder when run from the
+    bundle (``cd bundles/shmoareg && python -m monai.bundle run --config_file configs/train.json``), or the folder
+    given with ``--bundle_root``. From a checkout's root the default ``"."`` means ``./bundles/<name>`` (logged).
+    Anything else is a ``FileNotFoundError`` naming the fix; the package's install location is never used, so
+    outputs go where the user points, never silently into a source tree.
+    """
+    import logging
+
+    path = Path(root).resolve()
+    if (path / "configs" / "metadata.json").is_file():
+        return str(path)
+    nested = path / "bundles" / name
+    if str(root) == "." and (nested / "configs" / "metadata.json").is_file():
+        logging.getLogger(__name__).info("bundle_root '.' is a checkout's root: using %s", nested)
+        return str(nested)
+    raise FileNotFoundError(
+        f"bundle_root '{root}' ({path}) is not a bundle folder (no configs/metadata.json): run from the bundle folder "
+        f"(cd bundles/{name}) or pass --bundle_root <path to the {name} bundle>."
     )
 
 
@@ -153,28 +181,106 @@ def _warn_if_foreign(root: Path, config: str) -> None:
             "'_target_' callables run as Python code; use only bundles you trust.", mine)
 
 
-def load_network_weights(network, path: str | os.PathLike, bundle: str | os.PathLike = "") -> None:
-    """Load a state dict (or a checkpoint dict with a ``network`` entry) from ``path`` into ``network``, with a
-    one-line error naming the file for a missing, unreadable or mismatched checkpoint."""
+def _large_files(bundle_dir: Path) -> list[dict]:
+    """Entries of ``<bundle>/large_files.yml`` (none when the file is absent)."""
+    path = bundle_dir / "large_files.yml"
+    if not path.is_file():
+        return []
+    from monai.bundle import ConfigParser
+
+    return list(ConfigParser.load_config_file(str(path)).get("large_files") or [])
+
+
+def shipped_weights(bundle_dir: str | os.PathLike) -> Path | None:
+    """The pretrained weights a bundle ships (its ``large_files.yml`` entry ending in ``.safetensors``), if present."""
+    for entry in _large_files(Path(bundle_dir)):
+        if str(entry.get("path", "")).endswith(".safetensors") and (Path(bundle_dir) / entry["path"]).is_file():
+            return Path(bundle_dir) / entry["path"]
+    return None
+
+
+def default_weights(bundle_dir: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None) -> str:
+    """The weights inference, evaluation and ``register`` use unless told otherwise: your own training result
+    ``<ckpt_dir>/model.pt`` when it exists, else the bundle's shipped pretrained file (:func:`shipped_weights`);
+    which one is logged. With neither, the ``model.pt`` path (whose absence ``require_path`` then reports)."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    own = Path(ckpt_dir or Path(bundle_dir) / "models") / "model.pt"
+    if own.is_file():
+        log.info("weights: your trained %s (pass --checkpoint to choose others)", own)
+        return str(own)
+    shipped = shipped_weights(bundle_dir)
+    if shipped is not None:
+        log.info("weights: the shipped pretrained %s (no trained model.pt in %s)", shipped, own.parent)
+        return str(shipped)
+    return str(own)
+
+
+def expected_hash(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``(hash_type, hash_val)`` of ``path`` when the bundle's ``large_files.yml`` (two folders up, e.g.
+    ``<bundle>/models/x``) lists it, else ``None``."""
+    path = Path(path).resolve()
+    bundle = path.parent.parent
+    for entry in _large_files(bundle):
+        if (bundle / str(entry.get("path", ""))).resolve() == path and entry.get("hash_val"):
+            return str(entry.get("hash_type", "sha256")).lower(), str(entry["hash_val"]).lower()
+    return None
+
+
+def _file_hash(path: Path, hash_type: str) -> str:
+    import hashlib
+
+    digest = hashlib.new(hash_type)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_weights(path: Path) -> dict:
+    """A state dict from a ``.safetensors`` file or a PyTorch checkpoint (its ``network`` entry if it has one)."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist: train the bundle first or pass --checkpoint.")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise ValueError(f"checkpoint '{path}' is not a readable PyTorch checkpoint ({type(err).__name__}); "
-                         "it may be truncated or of another format.") from err
+    except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for a corrupt file
+        raise ValueError(f"checkpoint '{path}' is not a readable {'safetensors' if path.suffix == '.safetensors' else 'PyTorch'} "
+                         f"file ({type(err).__name__}); it may be truncated or of another format.") from err
     if isinstance(state, dict) and isinstance(state.get("network"), dict):
         state = state["network"]
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint '{path}' holds a {type(state).__name__}, not a state dict of a network.")
+    return state
+
+
+def load_network_weights(network, path: str | os.PathLike, bundle: str | os.PathLike = "") -> None:
+    """Load a state dict (``.safetensors``, or a PyTorch file holding a state dict or a checkpoint dict with a
+    ``network`` entry) from ``path`` into ``network``. A file listed in its bundle's ``large_files.yml`` must match
+    the hash given there. Every failure is a one-line error naming the file (and the expected hash, when listed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist: train the bundle first or pass --checkpoint.")
+    listed = expected_hash(path)
+    if listed is not None:
+        got = _file_hash(path, listed[0])
+        if got != listed[1]:
+            raise ValueError(
+                f"weights file '{path}' has {listed[0]} {got}, but large_files.yml expects {listed[1]}: the file is "
+                "corrupt or was replaced; restore it (git checkout, or download it again)."
+            )
+    state = _read_weights(path)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        keys, got = set(network.state_dict()), set(state)
+        keys, got_keys = set(network.state_dict()), set(state)
+        hint = f" (large_files.yml: {listed[0]} {listed[1]})" if listed else ""
         raise ValueError(
-            f"checkpoint '{path}' does not fit the {Path(bundle).name or type(network).__name__} network "
-            f"({len(keys - got)} missing, {len(got - keys)} unexpected keys): is it from the other bundle?"
+            f"checkpoint '{path}'{hint} does not fit the {Path(bundle).name or type(network).__name__} network "
+            f"({len(keys - got_keys)} missing, {len(got_keys - keys)} unexpected keys): is it from the other bundle "
+            "or another network_def?"
         ) from err

@@ -128,7 +128,7 @@ def _metric_table(rows: list[dict]) -> str:
 
 class CLI:
     """monai-moe-reg: SHMoAReg / LLM-Morph registration from the command line (commands: register, evaluate, prepare,
-    fetch-llm, export)."""
+    fetch-llm, export, zoo-export)."""
 
     def register(
         self,
@@ -164,7 +164,7 @@ class CLI:
                 bundles/llm_morph).
             fixed_label: optional fixed label map (with --moving-label: Dice/HD95/ASSD in mm).
             moving_label: optional moving label map, warped with nearest interpolation (alone: atlas segmentation).
-            checkpoint: network weights (default BUNDLE/models/model.pt).
+            checkpoint: network weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained weights).
             network: auto (use the weights if present, else register without the network), on (require them), off.
             affine: on (affine, then deformable; default), off (no affine stage), only (affine alone).
             instance_opt: true (the bundle's schedule; default), false (network only), or N steps per level.
@@ -228,7 +228,7 @@ class CLI:
             datalist: datalist JSON (pairs or subject lists; see the bundles' docs).
             bundle: bundle folder.
             section: datalist section (training, validation, testing).
-            checkpoint: weights (default BUNDLE/models/model.pt).
+            checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained weights).
             output: CSV file to write (a _summary.md table is written beside it).
             network: auto, on or off (see register).
             affine: on, off or only.
@@ -312,14 +312,14 @@ class CLI:
         Args:
             bundle: bundle folder.
             output: .ts file (default BUNDLE/models/model.ts).
-            checkpoint: weights (default BUNDLE/models/model.pt).
+            checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained weights).
             size: cubic example size used for tracing; the traced module is checked against the eager one on it.
         """
-        from monai_moe_reg.bundles import bundle_config, bundle_root, load_network_weights
+        from monai_moe_reg.bundles import bundle_config, bundle_root, default_weights, load_network_weights
 
         parser = bundle_config(bundle)
         net = parser.get_parsed_content("network_def")
-        load_network_weights(net, checkpoint or bundle_root(bundle) / "models" / "model.pt", bundle)
+        load_network_weights(net, checkpoint or default_weights(bundle_root(bundle)), bundle)
         net.eval()
         dims = int(parser["network_def"].get("spatial_dims", 3))
         x = torch.rand(1, 2, *([int(size)] * dims))
@@ -332,6 +332,27 @@ class CLI:
         _check_writable(path.parent)
         traced.save(str(path))
         _say(f"wrote {path} (max difference to eager {diff:.1e} voxels at {size}^{dims})")
+        return str(path)
+
+
+    def zoo_export(self, bundle: str = "shmoareg", output: str | None = None, checkpoint: str | None = None,
+                   force: bool = False) -> str:
+        """Write a self-contained Model Zoo copy of a bundle (package inside, zoo requirements, half-precision
+        ``models/model.pt`` under 25 MB), e.g. into a model-zoo checkout's ``models/<bundle>``.
+
+        Args:
+            bundle: bundle folder or name (shmoareg, llm_morph).
+            output: new folder (required), e.g. ../model-zoo/models/shmoareg.
+            checkpoint: trained weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained weights).
+            force: replace a non-empty output folder.
+        """
+        from monai_moe_reg.bundles import bundle_root, default_weights
+        from monai_moe_reg.zoo import export_zoo_bundle
+
+        if not output:
+            raise ValueError("--output is required: the new bundle folder, e.g. ../model-zoo/models/shmoareg.")
+        path = export_zoo_bundle(bundle, output, checkpoint or default_weights(bundle_root(bundle)), force=force)
+        _say(f"wrote {path} (model.pt {(path / 'models' / 'model.pt').stat().st_size / 2**20:.1f} MB)")
         return str(path)
 
 

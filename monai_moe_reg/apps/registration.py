@@ -162,11 +162,12 @@ class Registrar:
         network: str = "auto",
         overrides: Mapping | None = None,
     ) -> Registrar:
-        """Build from a bundle folder (or name): ``network="auto"`` loads ``checkpoint`` (default
-        ``<bundle>/models/model.pt``) when it exists and otherwise registers without the network (logged);
+        """Build from a bundle folder (or name): ``network="auto"`` loads ``checkpoint`` (default: your trained
+        ``<bundle>/models/model.pt``, else the bundle's shipped pretrained weights, see
+        :func:`~monai_moe_reg.bundles.default_weights`) when it exists and otherwise registers without the network (logged);
         ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
         bundle's ``registration`` section (e.g. ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
-        from monai_moe_reg.bundles import bundle_config, load_network_weights
+        from monai_moe_reg.bundles import bundle_config, default_weights, load_network_weights
 
         if network not in NETWORK_MODES:
             raise ValueError(f"network must be one of {NETWORK_MODES}, got {network!r}.")
@@ -181,7 +182,7 @@ class Registrar:
                 parser[f"registration::{key}"] = value
         net = None
         if network != "off":
-            path = Path(checkpoint) if checkpoint else Path(parser["bundle_root"]) / "models" / "model.pt"
+            path = Path(checkpoint) if checkpoint else Path(default_weights(parser["bundle_root"]))
             if path.is_file() or checkpoint or network == "on":
                 net = parser.get_parsed_content("network_def")
                 load_network_weights(net, path, bundle)

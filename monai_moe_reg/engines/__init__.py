@@ -5,6 +5,7 @@ from monai_moe_reg.engines.checkpoints import (
     ResumableCheckpointSaver,
     RNGState,
     SafeDiskSaver,
+    WeightsLoader,
     atomic_save,
 )
 from monai_moe_reg.engines.evaluator import RegistrationEvaluator
@@ -24,6 +25,7 @@ __all__ = [
     "RegistrationTrainer",
     "RegistrationWriter",
     "ResumableCheckpointSaver",
+    "WeightsLoader",
     "autocast",
     "pair_names",
     "pair_to_device",

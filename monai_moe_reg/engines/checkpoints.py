@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 
-__all__ = ["atomic_save", "SafeDiskSaver", "ResumableCheckpointSaver", "BestModelSaver", "RNGState"]
+__all__ = ["atomic_save", "SafeDiskSaver", "ResumableCheckpointSaver", "BestModelSaver", "RNGState", "WeightsLoader"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +196,28 @@ class BestModelSaver:
                     writer=lambda obj, fh: fh.write(json.dumps(obj).encode()))
         self.best = value
         logger.info("new best %s %.4f at epoch %d: saved %s", name, value, engine.state.epoch, self.path)
+
+
+class WeightsLoader:
+    """Ignite handler loading network weights when the engine starts: a ``model.pt`` (state dict or resumable
+    checkpoint) or a bundle's shipped ``.safetensors``, checked against the hash its ``large_files.yml`` gives
+    (:func:`monai_moe_reg.bundles.load_network_weights`: one-line errors naming the file). Used by the bundles'
+    evaluation and inference in place of MONAI's ``CheckpointLoader``, which reads neither safetensors nor hashes.
+
+    Args:
+        load_path: the weights file.
+        network: the module to load into (unwrapped from DDP).
+    """
+
+    def __init__(self, load_path: str | os.PathLike, network) -> None:
+        self.load_path = load_path
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai_moe_reg.bundles import load_network_weights
+        from monai_moe_reg.engines.utils import unwrap
+
+        load_network_weights(unwrap(self.network), self.load_path)

