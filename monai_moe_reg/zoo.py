@@ -1,0 +1,149 @@
+"""Model Zoo export: a self-contained copy of a bundle that the model-zoo repository's CI scripts accept.
+
+The bundles in this repository import ``monai_moe_reg``; the zoo installs a bundle's requirements from PyPI
+(``required_packages_version``), where this package is not. :func:`export_zoo_bundle` therefore writes a bundle folder
+that carries the package itself (``<bundle>/monai_moe_reg``, importable because MONAI and the zoo's scripts put the
+bundle folder on ``sys.path``), lists the package's own dependencies with the installed versions instead of
+``monai-moe-reg``, and holds ``models/model.pt``: the trainable weights only (LLM-Morph's frozen LLM layers come from
+the LLM file its ``large_files.yml`` downloads), in half precision when single precision would exceed the zoo's
+25 MB per file.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+__all__ = ["ZOO_FILE_LIMIT", "export_zoo_bundle", "run_bundle_workflows", "zoo_requirements", "zoo_state_dict"]
+
+ZOO_FILE_LIMIT = 25 * 2**20  # the model zoo's limit per committed file (bytes)
+_COPIED = ("LICENSE", "configs", "docs", "large_files.yml")
+_BASE = {"torch", "monai", "numpy"}  # the zoo pins these from pytorch_version / monai_version / numpy_version
+
+
+def zoo_requirements(package: str = "monai-moe-reg") -> dict[str, str]:
+    """``{distribution: installed version}`` for ``package``'s runtime dependencies (no extras, no torch/monai/numpy),
+    the ``required_packages_version`` an exported bundle needs once the package itself travels inside it."""
+    reqs = {}
+    for line in importlib.metadata.requires(package) or []:
+        if ";" in line:  # extras ("pytest; extra == 'test'") are not runtime dependencies
+            continue
+        name = re.split(r"[<>=!~ \[]", line, maxsplit=1)[0].strip()
+        if name.lower() not in _BASE:
+            reqs[name] = importlib.metadata.version(name)
+    return reqs
+
+
+def zoo_state_dict(network: torch.nn.Module, limit: int = ZOO_FILE_LIMIT) -> dict[str, torch.Tensor]:
+    """The network's ``state_dict`` (LLM-Morph's excludes its frozen LLM weights) in single precision, or half
+    precision when single precision would exceed ``limit`` bytes; a ``ValueError`` with the size when even half
+    precision does not fit."""
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    nbytes = sum(v.numel() * v.element_size() for v in state.values())
+    if nbytes > limit:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        nbytes = sum(v.numel() * v.element_size() for v in state.values())
+    if nbytes > limit:
+        raise ValueError(
+            f"the network's weights take {nbytes / 2**20:.1f} MB even in half precision, over the Model Zoo's "
+            f"{limit / 2**20:.0f} MB per file: use a smaller configuration or host the file and list it in "
+            "large_files.yml."
+        )
+    return state
+
+
+def export_zoo_bundle(bundle: str | os.PathLike, output: str | os.PathLike, checkpoint: str | os.PathLike,
+                      overrides: dict | None = None, force: bool = False) -> Path:
+    """Write a self-contained Model Zoo copy of ``bundle`` to ``output`` (e.g. ``model-zoo/models/shmoareg``).
+
+    Args:
+        bundle: bundle folder or name (``shmoareg``, ``llm_morph``).
+        output: new folder (must not exist, or be empty, unless ``force``).
+        checkpoint: trained weights (a ``model.pt`` state dict or a resumable checkpoint); they are loaded into the
+            bundle's ``network_def`` (so a checkpoint of the other bundle or configuration is refused) and saved as
+            ``models/model.pt`` (see :func:`zoo_state_dict`).
+        overrides: config overrides used to build the network (e.g. ``{"llm": path}``); the copied configs are not
+            changed.
+        force: replace an existing non-empty ``output``.
+
+    Returns:
+        the exported bundle folder.
+    """
+    import monai_moe_reg
+    from monai_moe_reg.bundles import bundle_config, bundle_root, load_network_weights
+    from monai_moe_reg.engines.checkpoints import atomic_save
+
+    src = bundle_root(bundle)
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"'{out}' exists and is not empty: choose a new folder or pass --force.")
+        shutil.rmtree(out)
+    parser = bundle_config(src)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    network = parser.get_parsed_content("network_def")
+    load_network_weights(network, checkpoint, src)
+    state = zoo_state_dict(network)
+
+    staging = out.with_name(f".{out.name}.{os.getpid()}.part")  # assembled aside, renamed when complete
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in _COPIED:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, staging / name, ignore=ignore)
+        elif (src / name).is_file():
+            shutil.copy2(src / name, staging / name)
+    shutil.copytree(Path(monai_moe_reg.__file__).parent, staging / "monai_moe_reg", ignore=ignore)
+    (staging / "models").mkdir()
+    atomic_save(state, staging / "models" / "model.pt")
+    meta_path = staging / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    packages = {k: v for k, v in meta.get("required_packages_version", {}).items() if k != "monai-moe-reg"}
+    meta["required_packages_version"] = {**packages, **zoo_requirements()}
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    if out.exists():
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(out)
+    return out
+
+
+def run_bundle_workflows(bundle_root: str | os.PathLike, work_dir: str | os.PathLike, overrides: dict) -> list[str]:
+    """The Model Zoo unit tests' checks on a bundle: ``train.json`` (with ``overrides``), ``train.json`` +
+    ``evaluate.json``, then ``inference.json`` (weights not loaded, as the zoo's tests do), each initialised,
+    checked for the workflow's required properties, run and finalised. Data, checkpoints and outputs go to
+    ``work_dir`` (the embedded synthetic demo set is generated there). Returns the workflows run; raises on the
+    first failure with the workflow named."""
+    from monai.bundle import ConfigWorkflow
+
+    root, work = Path(bundle_root), Path(work_dir)
+    configs = root / "configs"
+    common = {"bundle_root": str(root), "dataset_dir": str(work / "data"), "ckpt_dir": str(work / "models"),
+              "output_dir": str(work / "eval"), **overrides}
+    runs = [
+        ("train", [configs / "train.json"], "train", {}),
+        ("evaluate", [configs / "train.json", configs / "evaluate.json"], "train", {}),
+        ("inference", [configs / "inference.json"], "infer",
+         {"handlers#0#_disabled_": True, "checkpoint": str(work / "models" / "model.pt"),
+          "output_dir": str(work / "inference")}),
+    ]
+    done = []
+    for name, files, kind, extra in runs:
+        wf = ConfigWorkflow(workflow_type=kind, config_file=[str(f) for f in files], meta_file=str(configs / "metadata.json"),
+                            logging_file=str(configs / "logging.conf"), **{**common, **extra})
+        wf.initialize()
+        missing = wf.check_properties()
+        if missing:
+            raise ValueError(f"{name}: the workflow lacks the required properties {missing}")
+        wf.run()
+        wf.finalize()
+        done.append(name)
+    return done

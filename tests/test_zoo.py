@@ -1,0 +1,109 @@
+"""Both bundles, exported with ``monai-moe-reg zoo-export``, pass the Model Zoo's CI checks offline.
+
+The zoo's ``ci/verify_bundle.py`` (full mode) and ``ci/unit_tests/runner.py`` are replayed with the MONAI functions
+they call: required files, ``large_files.yml``, metadata against the vendored ``meta_schema_20240725.json``,
+``verify_net_in_out``, ``ckpt_export`` (``torch.jit.script``) with the TorchScript file loaded and run at another
+size, and our zoo unit-test files (``.ci/zoo/unit_tests``) run with unittest in a fresh process from a zoo-like
+folder, importing the package the bundle carries. Tiny networks (the unit-test files' overrides); LLM-Morph uses a
+tiny GGUF placed where ``large_files.yml`` would put SmolLM2. ``.ci/zoo-check`` runs the zoo's own scripts.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+
+from monai_moe_reg.bundles import bundle_config
+from monai_moe_reg.llm import SMOLLM2
+from monai_moe_reg.zoo import ZOO_FILE_LIMIT, export_zoo_bundle, zoo_state_dict
+
+from .llm_fixtures import write_tiny_gguf
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = Path(__file__).parent / "data" / "meta_schema_20240725.json"
+NETWORK_KEYS = ("network_def", "llm_layers")
+
+
+def unit_test_module(bundle: str):
+    path = ROOT / ".ci" / "zoo" / "unit_tests" / f"test_{bundle}.py"
+    spec = importlib.util.spec_from_file_location(f"zoo_test_{bundle}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return path, module
+
+
+@pytest.mark.parametrize("bundle", ["shmoareg", "llm_morph"])
+def test_exported_bundle_passes_zoo_checks(bundle, tmp_path):
+    zoo = tmp_path / "zoo"
+    out = zoo / "models" / bundle
+    test_file, module = unit_test_module(bundle)
+    network = {k: v for k, v in module.TINY.items() if k.startswith(NETWORK_KEYS)}
+    if bundle == "llm_morph":  # where large_files.yml puts SmolLM2 (its GGUF is used once extracted)
+        llm = tmp_path / SMOLLM2["file"]
+        write_tiny_gguf(llm, num_layers=4)
+        network["llm"] = str(llm)
+    parser = bundle_config(ROOT / "bundles" / bundle)
+    for k, v in network.items():
+        parser[k] = v
+    ckpt = tmp_path / "trained.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+
+    assert export_zoo_bundle(bundle, out, ckpt, overrides=network) == out
+    with pytest.raises(FileExistsError, match="--force"):
+        export_zoo_bundle(bundle, out, ckpt, overrides=network)
+    if bundle == "llm_morph":
+        (out / "models" / SMOLLM2["file"]).write_bytes(llm.read_bytes())
+        network.pop("llm")  # from here on the bundle's own configs find it (monai_moe_reg.llm.bundle_llm)
+
+    # verify_bundle_directory / verify_version_changes / verify_metadata_format
+    for f in ("LICENSE", "configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+        assert (out / f).is_file(), f
+    assert (out / "models" / "model.pt").stat().st_size <= ZOO_FILE_LIMIT
+    large = ConfigParser.load_config_file(str(out / "large_files.yml"))["large_files"]
+    for entry in large:
+        assert {"path", "url", "hash_val", "hash_type"} <= set(entry) and entry["path"].startswith("models/")
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert "monai-moe-reg" not in meta["required_packages_version"]
+    assert {"transformers", "peft", "pytorch-ignite", "nibabel"} <= set(meta["required_packages_version"])
+    assert all(isinstance(v, (int, float)) for v in meta["eval_metrics"].values()), "eval_metrics holds scores"
+    verify_metadata(meta_file=str(out / "configs" / "metadata.json"), filepath=str(SCHEMA))
+
+    # verify_data_shape and verify_torchscript, as the zoo calls them (torch.jit.script, not tracing)
+    sys.path.insert(0, str(out))
+    try:
+        kwargs = {"meta_file": str(out / "configs" / "metadata.json"),
+                  "config_file": str(out / "configs" / "inference.json"), "bundle_root": str(out)}
+        verify_net_in_out(net_id="network_def", device="cpu", **kwargs, **network)
+        ckpt_export(net_id="network_def", filepath=str(out / "models" / "verify_model.ts"),
+                    ckpt_file=str(out / "models" / "model.pt"), **kwargs, **network)
+    finally:
+        sys.path.remove(str(out))
+    ts = torch.jit.load(str(out / "models" / "verify_model.ts"))
+    with torch.no_grad():
+        assert ts(torch.rand(1, 2, 40, 48, 36)).shape == (1, 3, 40, 48, 36)
+
+    # the zoo's unit-test runner: our test file from the zoo folder, in a process that imports the bundle's package
+    env = {**os.environ, "PYTHONPATH": str(test_file.parent)}
+    proc = subprocess.run([sys.executable, "-m", "unittest", "-v", f"test_{bundle}"], cwd=zoo, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import monai_moe_reg;"
+                            "print(monai_moe_reg.__file__)", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert Path(where.stdout.strip()).is_relative_to(out), where.stdout
+
+
+def test_zoo_state_dict_half_precision_and_limit():
+    net = torch.nn.Linear(1000, 2000)  # 2 M parameters: 8 MB in single precision
+    full = zoo_state_dict(net, limit=16 * 2**20)
+    assert full["weight"].dtype == torch.float32
+    half = zoo_state_dict(net, limit=5 * 2**20)
+    assert half["weight"].dtype == torch.float16
+    with pytest.raises(ValueError, match=r"3\.8 MB even in half precision.*large_files.yml"):
+        zoo_state_dict(net, limit=2**20)
