@@ -16,6 +16,7 @@ from monai_moe_reg.data.pair_dataset import (
     training_pairs,
 )
 from monai_moe_reg.data.demo_dataset import DATALIST_NAME, ensure_datalist, write_demo_dataset
+from monai_moe_reg.data.synth import SynthPairs, random_diffeomorphism, random_svf, synth_image, synth_label_map
 from monai_moe_reg.data.synthetic import (
     blob_label_map,
     labels_to_image,
@@ -26,6 +27,11 @@ from monai_moe_reg.data.synthetic import (
 from monai_moe_reg.data.transforms import INTENSITY_MODES, CheckFinited, intensity_transform, pair_transforms
 
 __all__ = [
+    "SynthPairs",
+    "random_diffeomorphism",
+    "random_svf",
+    "synth_image",
+    "synth_label_map",
     "CACHE_MODES",
     "CachedPairs",
     "cached_dataset",

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from monai.losses import DiceLoss, DiffusionLoss, GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
+from monai.losses import DiffusionLoss, GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
 from torch import nn
 
+from monai_moe_reg.losses.label_dice import WarpedLabelDice, to_one_hot_labels
 from monai_moe_reg.losses.mind_ssc import MINDSSCLoss
 
 __all__ = ["to_one_hot_labels", "LLMMorphLoss"]
 
 IMAGE_SIMILARITIES = ("mi", "mind", "lncc")
-
-
-def to_one_hot_labels(label: torch.Tensor, num_classes: int | None) -> torch.Tensor:
-    """Float one-hot channels ``(B, C, *S)`` from an integer map ``(B, 1, *S)`` (needs ``num_classes``, background
-    included) or pass multi-channel binary maps ``(B, C, *S)`` through (e.g. the prostate data's 3 channels)."""
-    if label.shape[1] > 1:
-        return label.float()
-    if num_classes is None:
-        raise ValueError("integer label maps (B, 1, *S) need num_classes (background included) to be one-hot encoded.")
-    lab = label[:, 0].long()
-    if lab.min() < 0 or lab.max() >= num_classes:
-        raise ValueError(f"label values must lie in 0..{num_classes - 1}, got {int(lab.min())}..{int(lab.max())}.")
-    return F.one_hot(lab, num_classes).movedim(-1, 1).float()
 
 
 class LLMMorphLoss(nn.Module):
@@ -54,7 +41,7 @@ class LLMMorphLoss(nn.Module):
         if image_similarity not in (None,) + IMAGE_SIMILARITIES:
             raise ValueError(f"image_similarity must be None or one of {IMAGE_SIMILARITIES}, got {image_similarity!r}.")
         self.num_classes = num_classes
-        self.dice = DiceLoss(include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.label_dice = WarpedLabelDice(num_classes)
         self.regulariser = DiffusionLoss()
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
         self.image_loss = {
@@ -77,19 +64,7 @@ class LLMMorphLoss(nn.Module):
         terms = {"reg": self.regulariser(ddf)}
         total = self.lambda_reg * terms["reg"]
         if self.lambda_label > 0:
-            if moving_label is None or fixed_label is None:
-                raise ValueError("the label Dice term needs moving_label and fixed_label (or set lambda_label=0).")
-            mov = to_one_hot_labels(moving_label, self.num_classes)
-            fix = to_one_hot_labels(fixed_label, self.num_classes)
-            if mov.shape[1] != fix.shape[1] or mov.shape[2:] != ddf.shape[2:]:
-                raise ValueError(
-                    f"labels must match each other in channels and the DDF in size: moving {tuple(mov.shape)}, "
-                    f"fixed {tuple(fix.shape)}, ddf {tuple(ddf.shape)}."
-                )
-            if moving_label.shape[1] > 1:  # multi-channel binary maps: every channel is foreground
-                mov = torch.cat([1 - mov.amax(1, keepdim=True), mov], 1)
-                fix = torch.cat([1 - fix.amax(1, keepdim=True), fix], 1)
-            terms["dice"] = self.dice(self.warp(mov, ddf), fix)
+            terms["dice"] = self.label_dice(ddf, moving_label, fixed_label)
             total = total + self.lambda_label * terms["dice"]
         if self.image_loss is not None:
             if moving_image is None or fixed_image is None:

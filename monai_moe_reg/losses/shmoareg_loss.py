@@ -7,6 +7,7 @@ from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
 from torch import nn
 
+from monai_moe_reg.losses.label_dice import WarpedLabelDice
 from monai_moe_reg.losses.routing_classification import RoutingClassificationLoss
 
 __all__ = ["SHMoARegLoss", "make_similarity"]
@@ -26,7 +27,8 @@ def make_similarity(name: str | nn.Module, spatial_dims: int = 3, lncc_kernel_si
 
 
 class SHMoARegLoss(nn.Module):
-    """``L_sim(I_w, I_f) + lambda_reg L_reg(phi) + lambda_rc L_rc(T, Y) + lambda_balance L_bal + lambda_z L_z``.
+    """``lambda_sim L_sim(I_w, I_f) + lambda_reg L_reg(phi) + lambda_rc L_rc(T, Y) + lambda_balance L_bal + lambda_z L_z
+    [+ lambda_label Dice(S_w, S_f)]``.
 
     ``L_reg`` is MONAI's :class:`~monai.losses.DiffusionLoss` (mean squared spatial gradient of the DDF), ``L_rc``
     the :class:`RoutingClassificationLoss`, and ``L_bal``/``L_z`` the MoA load-balance and router z-losses; the last
@@ -44,6 +46,10 @@ class SHMoARegLoss(nn.Module):
         lambda_rc: weight of the routing-classification loss.
         lambda_balance: weight of the MoA load-balance loss.
         lambda_z: weight of the MoA router z-loss.
+        lambda_sim: weight of the image similarity (the paper: 1; 0 for SynthMorph-style training on labels only).
+        lambda_label: weight of the Dice between warped moving and fixed labels (:class:`WarpedLabelDice`; not in
+            the paper: SynthMorph-style training, ``configs/train_synth.json``).
+        num_classes: label values ``0..num_classes-1`` of integer label maps for ``lambda_label``.
 
     ``forward(moving, fixed, ddf, aux)`` returns a dict of scalar tensors ``loss`` (the total), ``sim``, ``reg``,
     ``rc``, ``balance``, ``z``; ``aux`` is what :class:`SHMoAReg` returned with ``ddf`` (``None`` for a network
@@ -60,15 +66,21 @@ class SHMoARegLoss(nn.Module):
         lambda_rc: float = 0.001,
         lambda_balance: float = 1e-4,
         lambda_z: float = 1e-5,
+        lambda_sim: float = 1.0,
+        lambda_label: float = 0.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.similarity = make_similarity(similarity, spatial_dims)
+        self.label_dice = WarpedLabelDice(num_classes)
+        self.lambda_sim, self.lambda_label = float(lambda_sim), float(lambda_label)
         self.regulariser = DiffusionLoss()
         self.rc = RoutingClassificationLoss()
         self.warp = Warp(mode="bilinear", padding_mode="border")
         self.weights = {"reg": lambda_reg, "rc": lambda_rc, "balance": lambda_balance, "z": lambda_z}
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor, aux: dict | None) -> dict:
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor, aux: dict | None,
+                moving_label: torch.Tensor | None = None, fixed_label: torch.Tensor | None = None) -> dict:
         warped = self.warp(moving, ddf)
         terms = {"sim": self.similarity(warped, fixed), "reg": self.regulariser(ddf)}
         aux = aux or {}
@@ -76,10 +88,14 @@ class SHMoARegLoss(nn.Module):
         terms["rc"] = self.rc(aux.get("moe", []), moving, fixed)
         terms["balance"] = aux.get("moa_balance", zero)
         terms["z"] = aux.get("moa_z", zero)
-        terms["loss"] = terms["sim"] + sum(self.weights[k] * terms[k] for k in self.weights)
+        terms["loss"] = self.lambda_sim * terms["sim"] + sum(self.weights[k] * terms[k] for k in self.weights)
+        if self.lambda_label > 0:
+            terms["dice"] = self.label_dice(ddf, moving_label, fixed_label)
+            terms["loss"] = terms["loss"] + self.lambda_label * terms["dice"]
         return terms
 
     def batch_loss(self, batch: dict, ddf: torch.Tensor, aux: dict | None = None) -> dict:
-        """The engines' interface: ``batch`` holds ``moving_image``/``fixed_image``; ``aux`` the network's
-        auxiliary outputs of the same forward."""
-        return self(torch.as_tensor(batch["moving_image"]), torch.as_tensor(batch["fixed_image"]), ddf, aux)
+        """The engines' interface: ``batch`` holds ``moving_image``/``fixed_image`` (and the labels for
+        ``lambda_label``); ``aux`` the network's auxiliary outputs of the same forward."""
+        get = lambda k: torch.as_tensor(batch[k]) if k in batch else None  # noqa: E731
+        return self(get("moving_image"), get("fixed_image"), ddf, aux, get("moving_label"), get("fixed_label"))

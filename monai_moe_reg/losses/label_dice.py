@@ -1,0 +1,59 @@
+"""Dice between the warped moving labels and the fixed labels: the supervised term of LLM-Morph and of
+SynthMorph-style training (both networks)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from monai.networks.blocks import Warp
+from torch import nn
+
+__all__ = ["WarpedLabelDice", "to_one_hot_labels"]
+
+
+def to_one_hot_labels(label: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+    """Float one-hot channels ``(B, C, *S)`` from an integer map ``(B, 1, *S)`` (needs ``num_classes``, background
+    included), or a multi-channel binary map ``(B, C, *S)`` unchanged (as float)."""
+    if label.shape[1] > 1:
+        return label.float()
+    if num_classes is None:
+        raise ValueError("integer label maps (B, 1, *S) need num_classes (background included) to be one-hot encoded.")
+    lab = label[:, 0].long()
+    if lab.min() < 0 or lab.max() >= num_classes:
+        raise ValueError(f"label values must lie in 0..{num_classes - 1}, got {int(lab.min())}..{int(lab.max())}.")
+    return F.one_hot(lab, num_classes).movedim(-1, 1).float()
+
+
+class WarpedLabelDice(nn.Module):
+    """MONAI :class:`DiceLoss` (background excluded) of the one-hot moving labels warped by ``ddf`` (linear
+    interpolation of the channels: differentiable) against the one-hot fixed labels.
+
+    Args:
+        num_classes: label values ``0..num_classes-1`` for integer maps (background included); multi-channel binary
+            maps need none (every channel is foreground).
+
+    ``forward(ddf, moving_label, fixed_label)``: ``ddf`` ``(B, D, *S)``, labels ``(B, 1, *S)`` integer or
+    ``(B, C, *S)`` binary -> scalar.
+    """
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.dice = DiceLoss(include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.warp = Warp(mode="bilinear", padding_mode="zeros")
+
+    def forward(self, ddf: torch.Tensor, moving_label: torch.Tensor | None, fixed_label: torch.Tensor | None) -> torch.Tensor:
+        if moving_label is None or fixed_label is None:
+            raise ValueError("the label Dice term needs moving_label and fixed_label (or set its weight to 0).")
+        mov = to_one_hot_labels(moving_label, self.num_classes)
+        fix = to_one_hot_labels(fixed_label, self.num_classes)
+        if mov.shape[1] != fix.shape[1] or mov.shape[2:] != ddf.shape[2:]:
+            raise ValueError(
+                f"labels must match each other in channels and the DDF in size: moving {tuple(mov.shape)}, "
+                f"fixed {tuple(fix.shape)}, ddf {tuple(ddf.shape)}."
+            )
+        if moving_label.shape[1] > 1:  # multi-channel binary maps: every channel is foreground
+            mov = torch.cat([1 - mov.amax(1, keepdim=True), mov], 1)
+            fix = torch.cat([1 - fix.amax(1, keepdim=True), fix], 1)
+        return self.dice(self.warp(mov, ddf), fix)
