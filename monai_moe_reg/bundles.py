@@ -13,6 +13,7 @@ __all__ = [
     "bundle_root",
     "default_weights",
     "expected_hash",
+    "large_file_entries",
     "latest_checkpoint",
     "load_network_weights",
     "locate",
@@ -181,7 +182,7 @@ def _warn_if_foreign(root: Path, config: str) -> None:
             "'_target_' callables run as Python code; use only bundles you trust.", mine)
 
 
-def _large_files(bundle_dir: Path) -> list[dict]:
+def large_file_entries(bundle_dir: Path) -> list[dict]:
     """Entries of ``<bundle>/large_files.yml`` (none when the file is absent)."""
     path = bundle_dir / "large_files.yml"
     if not path.is_file():
@@ -193,7 +194,7 @@ def _large_files(bundle_dir: Path) -> list[dict]:
 
 def shipped_weights(bundle_dir: str | os.PathLike) -> Path | None:
     """The pretrained weights a bundle ships (its ``large_files.yml`` entry ending in ``.safetensors``), if present."""
-    for entry in _large_files(Path(bundle_dir)):
+    for entry in large_file_entries(Path(bundle_dir)):
         if str(entry.get("path", "")).endswith(".safetensors") and (Path(bundle_dir) / entry["path"]).is_file():
             return Path(bundle_dir) / entry["path"]
     return None
@@ -222,7 +223,7 @@ def expected_hash(path: str | os.PathLike) -> tuple[str, str] | None:
     ``<bundle>/models/x``) lists it, else ``None``."""
     path = Path(path).resolve()
     bundle = path.parent.parent
-    for entry in _large_files(bundle):
+    for entry in large_file_entries(bundle):
         if (bundle / str(entry.get("path", ""))).resolve() == path and entry.get("hash_val"):
             return str(entry.get("hash_type", "sha256")).lower(), str(entry["hash_val"]).lower()
     return None
@@ -249,8 +250,9 @@ def _read_weights(path: Path) -> dict:
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for a corrupt file
-        raise ValueError(f"checkpoint '{path}' is not a readable {'safetensors' if path.suffix == '.safetensors' else 'PyTorch'} "
-                         f"file ({type(err).__name__}); it may be truncated or of another format.") from err
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch"
+        raise ValueError(f"checkpoint '{path}' is not a readable {kind} file ({type(err).__name__}); it may be "
+                         "truncated or of another format.") from err
     if isinstance(state, dict) and isinstance(state.get("network"), dict):
         state = state["network"]
     if not isinstance(state, dict):

@@ -128,7 +128,7 @@ def _metric_table(rows: list[dict]) -> str:
 
 class CLI:
     """monai-moe-reg: SHMoAReg / LLM-Morph registration from the command line (commands: register, evaluate, prepare,
-    fetch-llm, export, zoo-export)."""
+    fetch-llm, export, zoo-export, ship-weights)."""
 
     def register(
         self,
@@ -164,7 +164,8 @@ class CLI:
                 bundles/llm_morph).
             fixed_label: optional fixed label map (with --moving-label: Dice/HD95/ASSD in mm).
             moving_label: optional moving label map, warped with nearest interpolation (alone: atlas segmentation).
-            checkpoint: network weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained weights).
+            checkpoint: network weights (default: BUNDLE/models/model.pt if you trained one, else the shipped
+                pretrained weights).
             network: auto (use the weights if present, else register without the network), on (require them), off.
             affine: on (affine, then deformable; default), off (no affine stage), only (affine alone).
             instance_opt: true (the bundle's schedule; default), false (network only), or N steps per level.
@@ -228,7 +229,8 @@ class CLI:
             datalist: datalist JSON (pairs or subject lists; see the bundles' docs).
             bundle: bundle folder.
             section: datalist section (training, validation, testing).
-            checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained weights).
+            checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained
+                weights).
             output: CSV file to write (a _summary.md table is written beside it).
             network: auto, on or off (see register).
             affine: on, off or only.
@@ -312,7 +314,8 @@ class CLI:
         Args:
             bundle: bundle folder.
             output: .ts file (default BUNDLE/models/model.ts).
-            checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained weights).
+            checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained
+                weights).
             size: cubic example size used for tracing; the traced module is checked against the eager one on it.
         """
         from monai_moe_reg.bundles import bundle_config, bundle_root, default_weights, load_network_weights
@@ -334,7 +337,6 @@ class CLI:
         _say(f"wrote {path} (max difference to eager {diff:.1e} voxels at {size}^{dims})")
         return str(path)
 
-
     def zoo_export(self, bundle: str = "shmoareg", output: str | None = None, checkpoint: str | None = None,
                    force: bool = False) -> str:
         """Write a self-contained Model Zoo copy of a bundle (package inside, zoo requirements, half-precision
@@ -343,7 +345,8 @@ class CLI:
         Args:
             bundle: bundle folder or name (shmoareg, llm_morph).
             output: new folder (required), e.g. ../model-zoo/models/shmoareg.
-            checkpoint: trained weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained weights).
+            checkpoint: trained weights (default: BUNDLE/models/model.pt if you trained one, else the shipped
+                pretrained weights).
             force: replace a non-empty output folder.
         """
         from monai_moe_reg.bundles import bundle_root, default_weights
@@ -353,6 +356,26 @@ class CLI:
             raise ValueError("--output is required: the new bundle folder, e.g. ../model-zoo/models/shmoareg.")
         path = export_zoo_bundle(bundle, output, checkpoint or default_weights(bundle_root(bundle)), force=force)
         _say(f"wrote {path} (model.pt {(path / 'models' / 'model.pt').stat().st_size / 2**20:.1f} MB)")
+        return str(path)
+
+    def ship_weights(self, bundle: str = "shmoareg", checkpoint: str | None = None,
+                     filename: str = "pretrained.safetensors") -> str:
+        """Make trained weights the bundle's shipped pretrained file: models/FILENAME (safetensors, half precision
+        if needed to stay under 25 MB), listed with its sha256 in large_files.yml; register, inference.json and
+        evaluate.json then use it whenever there is no trained models/model.pt.
+
+        Args:
+            bundle: bundle folder or name (shmoareg, llm_morph).
+            checkpoint: trained weights (.pt or .safetensors), required.
+            filename: file name under BUNDLE/models.
+        """
+        from monai_moe_reg.zoo import ship_weights
+
+        if not checkpoint:
+            raise ValueError("--checkpoint is required: the trained weights to ship (e.g. models/model.pt).")
+        path = ship_weights(bundle, checkpoint, filename)
+        size = path.stat().st_size / 2**20
+        _say(f"wrote {path} ({size:.1f} MB) and its sha256 in {path.parent.parent / 'large_files.yml'}")
         return str(path)
 
 

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ZOO_FILE_LIMIT", "export_zoo_bundle", "run_bundle_workflows", "zoo_requirements", "zoo_state_dict"]
+__all__ = [
+    "ZOO_FILE_LIMIT",
+    "export_zoo_bundle",
+    "run_bundle_workflows",
+    "ship_weights",
+    "zoo_requirements",
+    "zoo_state_dict",
+]
 
 ZOO_FILE_LIMIT = 25 * 2**20  # the model zoo's limit per committed file (bytes)
 _COPIED = ("LICENSE", "configs", "docs", "large_files.yml")
@@ -58,8 +65,13 @@ def zoo_state_dict(network: torch.nn.Module, limit: int = ZOO_FILE_LIMIT) -> dic
     return state
 
 
-def export_zoo_bundle(bundle: str | os.PathLike, output: str | os.PathLike, checkpoint: str | os.PathLike,
-                      overrides: dict | None = None, force: bool = False) -> Path:
+def export_zoo_bundle(
+    bundle: str | os.PathLike,
+    output: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    overrides: dict | None = None,
+    force: bool = False,
+) -> Path:
     """Write a self-contained Model Zoo copy of ``bundle`` to ``output`` (e.g. ``model-zoo/models/shmoareg``).
 
     Args:
@@ -76,7 +88,7 @@ def export_zoo_bundle(bundle: str | os.PathLike, output: str | os.PathLike, chec
         the exported bundle folder.
     """
     import monai_moe_reg
-    from monai_moe_reg.bundles import bundle_config, bundle_root, load_network_weights
+    from monai_moe_reg.bundles import bundle_config, bundle_root, large_file_entries, load_network_weights
     from monai_moe_reg.engines.checkpoints import atomic_save
 
     src = bundle_root(bundle)
@@ -103,6 +115,10 @@ def export_zoo_bundle(bundle: str | os.PathLike, output: str | os.PathLike, chec
             shutil.copy2(src / name, staging / name)
     shutil.copytree(Path(monai_moe_reg.__file__).parent, staging / "monai_moe_reg", ignore=ignore)
     (staging / "models").mkdir()
+    for entry in large_file_entries(src):  # committed files (no URL) travel with the bundle; the rest are downloaded
+        if not entry.get("url") and (src / entry["path"]).is_file():
+            (staging / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / entry["path"], staging / entry["path"])
     atomic_save(state, staging / "models" / "model.pt")
     meta_path = staging / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
@@ -126,19 +142,36 @@ def run_bundle_workflows(bundle_root: str | os.PathLike, work_dir: str | os.Path
 
     root, work = Path(bundle_root), Path(work_dir)
     configs = root / "configs"
-    common = {"bundle_root": str(root), "dataset_dir": str(work / "data"), "ckpt_dir": str(work / "models"),
-              "output_dir": str(work / "eval"), **overrides}
+    common = {
+        "bundle_root": str(root),
+        "dataset_dir": str(work / "data"),
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "eval"),
+        **overrides,
+    }
     runs = [
         ("train", [configs / "train.json"], "train", {}),
         ("evaluate", [configs / "train.json", configs / "evaluate.json"], "train", {}),
-        ("inference", [configs / "inference.json"], "infer",
-         {"handlers#0#_disabled_": True, "checkpoint": str(work / "models" / "model.pt"),
-          "output_dir": str(work / "inference")}),
+        (
+            "inference",
+            [configs / "inference.json"],
+            "infer",
+            {
+                "handlers#0#_disabled_": True,
+                "checkpoint": str(work / "models" / "model.pt"),
+                "output_dir": str(work / "inference"),
+            },
+        ),
     ]
     done = []
     for name, files, kind, extra in runs:
-        wf = ConfigWorkflow(workflow_type=kind, config_file=[str(f) for f in files], meta_file=str(configs / "metadata.json"),
-                            logging_file=str(configs / "logging.conf"), **{**common, **extra})
+        wf = ConfigWorkflow(
+            workflow_type=kind,
+            config_file=[str(f) for f in files],
+            meta_file=str(configs / "metadata.json"),
+            logging_file=str(configs / "logging.conf"),
+            **{**common, **extra},
+        )
         wf.initialize()
         missing = wf.check_properties()
         if missing:
@@ -147,3 +180,48 @@ def run_bundle_workflows(bundle_root: str | os.PathLike, work_dir: str | os.Path
         wf.finalize()
         done.append(name)
     return done
+
+
+def ship_weights(
+    bundle: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    filename: str = "pretrained.safetensors",
+    overrides: dict | None = None,
+) -> Path:
+    """Package trained weights as the bundle's shipped pretrained file: loaded into the bundle's ``network_def``
+    (refused if they do not fit), saved as ``models/<filename>`` (safetensors; half precision when single precision
+    would exceed 25 MB; written to a temporary name, then renamed) and listed in ``large_files.yml`` with its sha256,
+    which :func:`~monai_moe_reg.bundles.load_network_weights` checks on every load. Returns the file."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from monai_moe_reg.bundles import bundle_config, bundle_root, large_file_entries, load_network_weights
+
+    src = bundle_root(bundle)
+    parser = bundle_config(src)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    network = parser.get_parsed_content("network_def")
+    load_network_weights(network, checkpoint, src)
+    state = {k: v.contiguous() for k, v in zoo_state_dict(network).items()}
+    target = src / "models" / filename
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    save_file(state, str(partial), metadata={"source": Path(checkpoint).name})
+    partial.replace(target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    rel = f"models/{filename}"
+    entries = [e for e in large_file_entries(src) if e.get("path") != rel]
+    entries.append({"path": rel, "url": "", "hash_val": digest, "hash_type": "sha256"})
+    header = (
+        [line for line in (src / "large_files.yml").read_text().splitlines() if line.startswith("#")]
+        if (src / "large_files.yml").is_file()
+        else []
+    )
+    body = ["large_files:"] + [
+        f'  - path: "{e["path"]}"\n    url: "{e.get("url", "")}"\n    hash_val: "{e.get("hash_val", "")}"\n'
+        f'    hash_type: "{e.get("hash_type", "sha256")}"'
+        for e in entries
+    ]
+    (src / "large_files.yml").write_text("\n".join(header + body) + "\n")
+    return target

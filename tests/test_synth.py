@@ -41,12 +41,16 @@ def test_synth_pairs_deterministic_shapes_and_ranges():
 
 
 def _label_means(image, label, n):
-    return torch.stack([image[label == k].mean() if (label == k).any() else torch.tensor(float("nan")) for k in range(n)])
+    return torch.stack(
+        [image[label == k].mean() if (label == k).any() else torch.tensor(float("nan")) for k in range(n)]
+    )
 
 
 def test_synth_monomodal_shares_contrast_multimodal_does_not():
     def corr(pair, n=8):
-        m, f = _label_means(pair["moving_image"], pair["moving_label"], n), _label_means(pair["fixed_image"], pair["fixed_label"], n)
+        m, f = _label_means(pair["moving_image"], pair["moving_label"], n), _label_means(
+            pair["fixed_image"], pair["fixed_label"], n
+        )
         ok = ~(m.isnan() | f.isnan())
         return float(torch.corrcoef(torch.stack([m[ok], f[ok]]))[0, 1])
 
@@ -56,8 +60,9 @@ def test_synth_monomodal_shares_contrast_multimodal_does_not():
     assert sum(multi) / len(multi) < 0.7, multi  # independent intensity draws: unrelated contrasts
 
 
-@pytest.mark.parametrize("kwargs, match", [({"spatial_size": 4}, "at least 8"), ({"num_labels": 1}, "num_labels"),
-                                          ({"length": 0}, "length")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"spatial_size": 4}, "at least 8"), ({"num_labels": 1}, "num_labels"), ({"length": 0}, "length")]
+)
 def test_synth_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SynthPairs(**{"spatial_size": 16, **kwargs})
@@ -78,19 +83,35 @@ def test_shmoareg_loss_label_dice_term():
         loss.batch_loss({"moving_image": batch["moving_image"], "fixed_image": batch["fixed_image"]}, ddf)
 
 
-SYNTH_TINY = {**{f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in tiny_shmoareg_kwargs().items()},
-              "synth_size": [32, 32, 32], "synth_labels": 6, "epoch_length": 2, "val_interval": 1, "num_workers": 0}
+SYNTH_TINY = {
+    **{f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in tiny_shmoareg_kwargs().items()},
+    "synth_size": [32, 32, 32],
+    "synth_labels": 6,
+    "epoch_length": 2,
+    "val_interval": 1,
+    "num_workers": 0,
+}
 
 
 def test_train_synth_recipe_runs_without_data_and_resumes(tmp_path):
     configs = ROOT / "bundles" / "shmoareg" / "configs"
-    common = {"bundle_root": str(ROOT / "bundles" / "shmoareg"), "dataset_dir": str(tmp_path / "nowhere"),
-              "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"), **SYNTH_TINY}
+    common = {
+        "bundle_root": str(ROOT / "bundles" / "shmoareg"),
+        "dataset_dir": str(tmp_path / "nowhere"),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "eval"),
+        **SYNTH_TINY,
+    }
 
     def run(max_epochs, resume=False):
-        wf = ConfigWorkflow(config_file=[str(configs / "train.json"), str(configs / "train_synth.json")],
-                            meta_file=str(configs / "metadata.json"), workflow_type="train", max_epochs=max_epochs,
-                            resume=resume, **common)
+        wf = ConfigWorkflow(
+            config_file=[str(configs / "train.json"), str(configs / "train_synth.json")],
+            meta_file=str(configs / "metadata.json"),
+            workflow_type="train",
+            max_epochs=max_epochs,
+            resume=resume,
+            **common,
+        )
         wf.initialize()
         assert not wf.check_properties()
         epochs = []
@@ -118,7 +139,8 @@ def _fake_bundle(tmp_path: Path, state: dict) -> Path:
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     (bundle / "large_files.yml").write_text(
         f'large_files:\n  - path: "models/pretrained.safetensors"\n    url: ""\n    hash_val: "{digest}"\n'
-        '    hash_type: "sha256"\n')
+        '    hash_type: "sha256"\n'
+    )
     return bundle
 
 

@@ -78,11 +78,19 @@ def test_exported_bundle_passes_zoo_checks(bundle, tmp_path):
     # verify_data_shape and verify_torchscript, as the zoo calls them (torch.jit.script, not tracing)
     sys.path.insert(0, str(out))
     try:
-        kwargs = {"meta_file": str(out / "configs" / "metadata.json"),
-                  "config_file": str(out / "configs" / "inference.json"), "bundle_root": str(out)}
+        kwargs = {
+            "meta_file": str(out / "configs" / "metadata.json"),
+            "config_file": str(out / "configs" / "inference.json"),
+            "bundle_root": str(out),
+        }
         verify_net_in_out(net_id="network_def", device="cpu", **kwargs, **network)
-        ckpt_export(net_id="network_def", filepath=str(out / "models" / "verify_model.ts"),
-                    ckpt_file=str(out / "models" / "model.pt"), **kwargs, **network)
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(out / "models" / "verify_model.ts"),
+            ckpt_file=str(out / "models" / "model.pt"),
+            **kwargs,
+            **network,
+        )
     finally:
         sys.path.remove(str(out))
     ts = torch.jit.load(str(out / "models" / "verify_model.ts"))
@@ -91,11 +99,26 @@ def test_exported_bundle_passes_zoo_checks(bundle, tmp_path):
 
     # the zoo's unit-test runner: our test file from the zoo folder, in a process that imports the bundle's package
     env = {**os.environ, "PYTHONPATH": str(test_file.parent)}
-    proc = subprocess.run([sys.executable, "-m", "unittest", "-v", f"test_{bundle}"], cwd=zoo, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unittest", "-v", f"test_{bundle}"],
+        cwd=zoo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    where = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import monai_moe_reg;"
-                            "print(monai_moe_reg.__file__)", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import monai_moe_reg;" "print(monai_moe_reg.__file__)",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert Path(where.stdout.strip()).is_relative_to(out), where.stdout
 
 
@@ -107,3 +130,33 @@ def test_zoo_state_dict_half_precision_and_limit():
     assert half["weight"].dtype == torch.float16
     with pytest.raises(ValueError, match=r"3\.8 MB even in half precision.*large_files.yml"):
         zoo_state_dict(net, limit=2**20)
+
+
+def test_ship_weights_lists_the_hash_and_the_zoo_export_carries_the_file(tmp_path):
+    import shutil
+
+    from monai_moe_reg.bundles import default_weights, expected_hash, load_network_weights
+    from monai_moe_reg.zoo import ship_weights
+
+    bundle = tmp_path / "shmoareg"
+    shutil.copytree(
+        ROOT / "bundles" / "shmoareg", bundle, ignore=shutil.ignore_patterns("data", "eval", "models", "cache")
+    )
+    _, module = unit_test_module("shmoareg")
+    network = {k: v for k, v in module.TINY.items() if k.startswith(NETWORK_KEYS)}
+    parser = bundle_config(bundle)
+    for k, v in network.items():
+        parser[k] = v
+    net = parser.get_parsed_content("network_def")
+    (bundle / "models").mkdir()
+    torch.save(net.state_dict(), tmp_path / "trained.pt")
+    shipped = ship_weights(bundle, tmp_path / "trained.pt", overrides=network)
+    assert shipped == bundle / "models" / "pretrained.safetensors"
+    kind, digest = expected_hash(shipped)
+    assert kind == "sha256" and len(digest) == 64
+    assert "# Files too large" in (bundle / "large_files.yml").read_text(), "the header comments are kept"
+    assert default_weights(bundle) == str(shipped)
+    load_network_weights(parser.get_parsed_content("network_def", lazy=False), shipped)
+    out = export_zoo_bundle(bundle, tmp_path / "zoo" / "shmoareg", shipped, overrides=network)
+    assert (out / "models" / "pretrained.safetensors").read_bytes() == shipped.read_bytes()
+    assert expected_hash(out / "models" / "pretrained.safetensors") == (kind, digest)

@@ -35,7 +35,9 @@ def _smooth_noise(g: torch.Generator, channels: int, shape: Sequence[int], contr
     return F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
 
 
-def random_svf(g: torch.Generator, shape: Sequence[int], max_std: float, control: Sequence[int] = (4, 9)) -> torch.Tensor:
+def random_svf(
+    g: torch.Generator, shape: Sequence[int], max_std: float, control: Sequence[int] = (4, 9)
+) -> torch.Tensor:
     """A random smooth stationary velocity field ``(1, D, *shape)`` in voxels: noise on a random control grid
     (``control`` range of points per axis) with a standard deviation drawn in ``[0, max_std]`` voxels."""
     n = int(torch.randint(control[0], control[1] + 1, (), generator=g))
@@ -52,8 +54,14 @@ def random_diffeomorphism(g: torch.Generator, shape: Sequence[int], max_std: flo
     return F.interpolate(ddf, size=tuple(shape), mode=mode, align_corners=True) * scale
 
 
-def synth_label_map(g: torch.Generator, shape: Sequence[int], num_labels: int, control: Sequence[int] = (3, 10),
-                    integrate: DVF2DDF | None = None, warp_std: float = 0.0) -> torch.Tensor:
+def synth_label_map(
+    g: torch.Generator,
+    shape: Sequence[int],
+    num_labels: int,
+    control: Sequence[int] = (3, 10),
+    integrate: DVF2DDF | None = None,
+    warp_std: float = 0.0,
+) -> torch.Tensor:
     """A random label map ``(1, 1, *shape)`` with values ``0..num_labels-1``: the argmax over ``num_labels`` smooth
     noise images (one random control grid per map), optionally deformed by a :func:`random_diffeomorphism`
     (``warp_std`` voxels) so that shapes are less blob-like."""
@@ -65,8 +73,17 @@ def synth_label_map(g: torch.Generator, shape: Sequence[int], num_labels: int, c
     return labels
 
 
-def synth_image(g: torch.Generator, labels: torch.Tensor, num_labels: int, blur: float = 1.0, bias: float = 0.3,
-                gamma: float = 0.25, noise: float = 0.05, low_res: float = 0.5, max_factor: float = 3.0) -> torch.Tensor:
+def synth_image(
+    g: torch.Generator,
+    labels: torch.Tensor,
+    num_labels: int,
+    blur: float = 1.0,
+    bias: float = 0.3,
+    gamma: float = 0.25,
+    noise: float = 0.05,
+    low_res: float = 0.5,
+    max_factor: float = 3.0,
+) -> torch.Tensor:
     """An image ``(1, 1, *S)`` in [0, 1] from ``labels`` ``(1, 1, *S)``: a Gaussian intensity per label (mean in
     [0, 1], std up to 0.1), Gaussian blur (sigma up to ``blur`` voxels), a multiplicative smooth bias field
     (``exp`` of noise with std up to ``bias``), min-max scaling, gamma ``exp(N(0, gamma))``, additive noise (std up to
@@ -89,8 +106,12 @@ def synth_image(g: torch.Generator, labels: torch.Tensor, num_labels: int, blur:
         small = list(shape)
         small[axis] = max(2, round(shape[axis] / _uniform(g, 1.0, max_factor)))
         mode = "trilinear" if len(shape) == 3 else "bilinear"
-        img = F.interpolate(F.interpolate(img, size=small, mode=mode, align_corners=True), size=tuple(shape),
-                            mode=mode, align_corners=True)
+        img = F.interpolate(
+            F.interpolate(img, size=small, mode=mode, align_corners=True),
+            size=tuple(shape),
+            mode=mode,
+            align_corners=True,
+        )
     return ((img - img.min()) / (img.max() - img.min()).clamp_min(1e-6)).clamp(0, 1)
 
 
@@ -116,10 +137,21 @@ class SynthPairs(Dataset):
         ``(1, *S)`` int64.
     """
 
-    def __init__(self, spatial_size: Sequence[int] | int = 64, num_labels: int = 16, length: int = 100_000,
-                 seed: int = 0, multimodal: bool = True, max_displacement: float = 3.0, shape_warp: float = 2.0,
-                 integration_steps: int = 5, image_kwargs: dict | None = None) -> None:
-        self.spatial_size = (int(spatial_size),) * 3 if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
+    def __init__(
+        self,
+        spatial_size: Sequence[int] | int = 64,
+        num_labels: int = 16,
+        length: int = 100_000,
+        seed: int = 0,
+        multimodal: bool = True,
+        max_displacement: float = 3.0,
+        shape_warp: float = 2.0,
+        integration_steps: int = 5,
+        image_kwargs: dict | None = None,
+    ) -> None:
+        self.spatial_size = (
+            (int(spatial_size),) * 3 if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
+        )
         if len(self.spatial_size) not in (2, 3) or min(self.spatial_size) < 8:
             raise ValueError(f"spatial_size must be 2 or 3 sizes of at least 8 voxels, got {spatial_size}.")
         if num_labels < 2:
@@ -140,13 +172,23 @@ class SynthPairs(Dataset):
             raise IndexError(f"pair {index} is outside 0..{self.length - 1}.")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(index))
         with torch.no_grad():
-            labels = synth_label_map(g, self.spatial_size, self.num_labels, integrate=self.integrate,
-                                     warp_std=self.shape_warp).float()
-            maps = [self.warp_label(labels, random_diffeomorphism(g, self.spatial_size, self.max_displacement,
-                                                                  self.integrate)).long() for _ in range(2)]
+            labels = synth_label_map(
+                g, self.spatial_size, self.num_labels, integrate=self.integrate, warp_std=self.shape_warp
+            ).float()
+            maps = [
+                self.warp_label(
+                    labels, random_diffeomorphism(g, self.spatial_size, self.max_displacement, self.integrate)
+                ).long()
+                for _ in range(2)
+            ]
             state = g.get_state()
             fixed = synth_image(g, maps[1], self.num_labels, **self.image_kwargs)
             if not self.multimodal:
                 g.set_state(state)  # the same intensity draw for the moving image
             moving = synth_image(g, maps[0], self.num_labels, **self.image_kwargs)
-        return {"moving_image": moving[0], "fixed_image": fixed[0], "moving_label": maps[0][0], "fixed_label": maps[1][0]}
+        return {
+            "moving_image": moving[0],
+            "fixed_image": fixed[0],
+            "moving_label": maps[0][0],
+            "fixed_label": maps[1][0],
+        }

@@ -43,7 +43,9 @@ class WarpedLabelDice(nn.Module):
         self.dice = DiceLoss(include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
 
-    def forward(self, ddf: torch.Tensor, moving_label: torch.Tensor | None, fixed_label: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, ddf: torch.Tensor, moving_label: torch.Tensor | None, fixed_label: torch.Tensor | None
+    ) -> torch.Tensor:
         if moving_label is None or fixed_label is None:
             raise ValueError("the label Dice term needs moving_label and fixed_label (or set its weight to 0).")
         mov = to_one_hot_labels(moving_label, self.num_classes)

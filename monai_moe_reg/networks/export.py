@@ -51,7 +51,9 @@ class FixedGridExport(nn.Module):
         return ddf * torch.tensor(scale, dtype=ddf.dtype, device=ddf.device).view(shape)
 
 
-def script_at_grid(network: nn.Module, grid: Sequence[int] | int, in_channels: int, spatial_dims: int) -> FixedGridExport:
+def script_at_grid(
+    network: nn.Module, grid: Sequence[int] | int, in_channels: int, spatial_dims: int
+) -> FixedGridExport:
     """Trace ``network`` in eval mode (value checks off) at ``grid`` on its own device and wrap it in
     :class:`FixedGridExport`; the network's mode and ``check_values`` are restored afterwards."""
     grid = ensure_tuple_rep(grid, spatial_dims)
@@ -69,4 +71,3 @@ def script_at_grid(network: nn.Module, grid: Sequence[int] | int, in_channels: i
         network.train(training)
         network.check_values = checks
     return FixedGridExport(traced, grid)
-

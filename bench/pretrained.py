@@ -1,0 +1,123 @@
+"""What the shipped pretrained SHMoAReg weights buy on real brains, side by side in one run (issue 15).
+
+    python bench/pretrained.py --data ../shared/data --demo-checkpoint DEMO.pt [--shipped PATH] [--device cpu]
+                               [--io-steps 10 20 40] [--out bench/results/pretrained.md]
+
+Pairs: the real inter-subject brain pairs of ``bench/register_real.py`` (``brain3`` A<->B at their own 1 mm
+resolution, 160x192x144, labels 1-2), both directions. Every row is the command a user types (``monai-moe-reg
+register``, a fresh process; seconds = the whole command), scored by the same code:
+
+- no registration; the affine stage alone;
+- network only (affine + network, no instance optimisation) with the demo-trained weights (``--demo-checkpoint``,
+  e.g. the ``models/model.pt`` of the README's main command: 30 epochs on the 32^3 synthetic demo set) and with the
+  shipped weights (default: the bundle's ``large_files.yml`` safetensors);
+- instance optimisation (IO) from the identity with the bundle's full schedule (the pipeline without weights), and IO
+  from the shipped weights' field with the full schedule and with ``--io-steps`` steps per level: the question is
+  whether the shipped weights reach the identity-initialised IO's Dice in less than half its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from register_real import _identity, _pairs, _score, run_ours  # bench/register_real.py
+from report import RESULTS, emit_table  # bench/report.py
+
+import numpy as np
+import torch
+
+from monai_moe_reg.apps.registration import _warp_label, load_scan
+from monai_moe_reg.bundles import shipped_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="the data folder (../shared/data)")
+    ap.add_argument("--demo-checkpoint", required=True, help="SHMoAReg weights trained on the demo set only")
+    ap.add_argument("--shipped", default=None, help="shipped weights (default: the bundle's)")
+    ap.add_argument("--bundle", default=str(ROOT / "bundles" / "shmoareg"))
+    ap.add_argument("--io-steps", type=int, nargs="*", default=[10, 20, 40])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(RESULTS / "pretrained.md"))
+    args = ap.parse_args()
+    shipped = args.shipped or shipped_weights(args.bundle)
+    if shipped is None:
+        raise SystemExit(f"no shipped weights in {args.bundle} (large_files.yml): pass --shipped.")
+    base = ["--bundle", args.bundle, "--device", args.device]
+    rows = [
+        ("affine only", ["--network", "off", "--instance-opt", "false"]),
+        ("network only, demo-trained weights", ["--checkpoint", args.demo_checkpoint, "--instance-opt", "false"]),
+        ("network only, shipped weights", ["--checkpoint", str(shipped), "--instance-opt", "false"]),
+        ("IO from the identity (bundle schedule)", ["--network", "off"]),
+        ("IO from the shipped weights (bundle schedule)", ["--checkpoint", str(shipped)]),
+    ] + [
+        (f"IO from the shipped weights, {n} steps per level", ["--checkpoint", str(shipped), "--instance-opt", str(n)])
+        for n in args.io_steps
+    ]
+    results: dict[str, list[dict]] = {}
+    work = Path(tempfile.mkdtemp(prefix="pretrained_"))
+    for pair in _pairs(Path(args.data)):
+        print(f"== {pair['name']}", flush=True)
+        unreg = _score(
+            pair,
+            _warp_label(load_scan(pair["moving_label"], "m", label=True), *_identity(pair), None),
+            torch.zeros(3, 2, 2, 2),
+        )
+        results.setdefault("no registration", []).append({**unreg, "seconds": 0.0})
+        for i, (name, extra) in enumerate(rows):
+            m, s, _ = run_ours(pair, work / f"{pair['name'][-4:]}_{i}", base + extra)
+            results.setdefault(name, []).append({**m, "seconds": s})
+            print(f"{name}: dice {m['dice']:.4f} in {s:.1f} s", flush=True)
+    mean = {
+        name: {
+            k: float(np.mean([r[k] for r in rs])) for k in ("dice", "hd95_mm", "folding_percent", "sdlogj", "seconds")
+        }
+        for name, rs in results.items()
+    }
+    target = mean["IO from the identity (bundle schedule)"]
+    reached = [n for n, v in mean.items() if n.startswith("IO from the shipped") and v["dice"] >= target["dice"]]
+    fastest = min(reached, key=lambda n: mean[n]["seconds"]) if reached else None
+    lines = [
+        f"Real brain pairs at 1 mm (brain3 A<->B, 160x192x144, labels 1-2), both directions, "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {args.device}, "
+        f"{time.strftime('%Y-%m-%d')}. Mean over pairs; seconds = the whole `monai-moe-reg register` command.",
+        "",
+        "| method | Dice | HD95 (mm) | %\\|J\\|<=0 | SD log J | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in mean.items():
+        lines.append(
+            f"| {name} | {v['dice']:.4f} | {v['hd95_mm']:.2f} | {v['folding_percent']:.4f} | "
+            f"{v['sdlogj']:.3f} | {v['seconds']:.1f} |"
+        )
+    verdict = (
+        (
+            f"fastest shipped-weights IO reaching the identity IO's Dice {target['dice']:.4f}: '{fastest}' in "
+            f"{mean[fastest]['seconds']:.1f} s = {mean[fastest]['seconds'] / target['seconds']:.2f}x its "
+            f"{target['seconds']:.1f} s (target < 0.5x)"
+        )
+        if fastest
+        else (f"no shipped-weights IO row reached the identity IO's Dice {target['dice']:.4f}")
+    )
+    lines += [
+        "",
+        verdict,
+        "",
+        "Per pair (Dice / seconds): "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{r['dice']:.4f}/{r['seconds']:.0f}s" for r in rs) for name, rs in results.items()
+        ),
+    ]
+    emit_table(lines, args.out)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
