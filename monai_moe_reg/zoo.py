@@ -22,6 +22,7 @@ import torch
 
 __all__ = [
     "ZOO_FILE_LIMIT",
+    "bundle_test_case",
     "export_zoo_bundle",
     "run_bundle_workflows",
     "ship_weights",
@@ -225,3 +226,26 @@ def ship_weights(
     ]
     (src / "large_files.yml").write_text("\n".join(header + body) + "\n")
     return target
+
+
+def bundle_test_case(bundle_root: str | os.PathLike, overrides: dict):
+    """A ``unittest.TestCase`` class for the Model Zoo's unit-test runner (``ci/unit_tests/test_<bundle>.py``):
+    :func:`run_bundle_workflows` with ``overrides`` in a temporary folder, then the trained ``model.pt`` and the
+    inference outputs must exist."""
+    import tempfile
+    import unittest
+
+    class BundleWorkflows(unittest.TestCase):
+        def setUp(self):
+            self.work = tempfile.mkdtemp()
+
+        def tearDown(self):
+            shutil.rmtree(self.work)
+
+        def test_train_evaluate_infer(self):
+            done = run_bundle_workflows(bundle_root, self.work, overrides)
+            self.assertEqual(done, ["train", "evaluate", "inference"])
+            self.assertTrue(os.path.isfile(os.path.join(self.work, "models", "model.pt")))
+            self.assertTrue(os.listdir(os.path.join(self.work, "inference")))
+
+    return BundleWorkflows

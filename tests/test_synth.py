@@ -128,6 +128,19 @@ def test_train_synth_recipe_runs_without_data_and_resumes(tmp_path):
     _, epochs = run(2, resume=True)
     assert epochs == [2]
 
+    # fine-tuning starts from given weights (here the run's model.pt; the shipped file works the same way)
+    saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    tune = ConfigWorkflow(
+        config_file=[str(configs / "train.json"), str(configs / "train_synth.json")],
+        meta_file=str(configs / "metadata.json"),
+        workflow_type="train",
+        **{**common, "ckpt_dir": str(tmp_path / "tune")},
+        pretrained=str(tmp_path / "models" / "model.pt"),
+    )
+    tune.initialize()
+    state = tune.parser.get_parsed_content("network").state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+
 
 def _fake_bundle(tmp_path: Path, state: dict) -> Path:
     bundle = tmp_path / "bundle"

@@ -2,9 +2,7 @@
 # (written by `monai-moe-reg zoo-export`); run by the zoo's ci/unit_tests/runner.py --b llm_morph after
 # verify_bundle.py has downloaded the LLM listed in large_files.yml into models/.
 import os
-import shutil
 import sys
-import tempfile
 import unittest
 
 BUNDLE_ROOT = os.environ.get("ZOO_BUNDLE_ROOT", "models/llm_morph")
@@ -20,23 +18,11 @@ TINY = {  # the first two LLM layers, small CNN parts and one epoch on the synth
     "num_workers": 0,
 }
 
+if BUNDLE_ROOT not in sys.path:
+    sys.path = [BUNDLE_ROOT] + sys.path  # the bundle carries the monai_moe_reg package
+from monai_moe_reg.zoo import bundle_test_case  # noqa: E402
 
-class TestLLMMorphBundle(unittest.TestCase):
-    def setUp(self):
-        self.work = tempfile.mkdtemp()
-        if BUNDLE_ROOT not in sys.path:
-            sys.path = [BUNDLE_ROOT] + sys.path  # the bundle carries the monai_moe_reg package
-
-    def tearDown(self):
-        shutil.rmtree(self.work)
-
-    def test_train_evaluate_infer(self):
-        from monai_moe_reg.zoo import run_bundle_workflows
-
-        done = run_bundle_workflows(BUNDLE_ROOT, self.work, TINY)
-        self.assertEqual(done, ["train", "evaluate", "inference"])
-        self.assertTrue(os.path.isfile(os.path.join(self.work, "models", "model.pt")))
-        self.assertTrue(os.listdir(os.path.join(self.work, "inference")))
+TestLLMMorphBundle = bundle_test_case(BUNDLE_ROOT, TINY)  # train, train + evaluate, inference, each property-checked
 
 
 if __name__ == "__main__":

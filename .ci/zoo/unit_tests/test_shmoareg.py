@@ -1,9 +1,7 @@
 # Model Zoo unit test for the shmoareg bundle: copy to <model-zoo>/ci/unit_tests/ beside models/shmoareg
 # (written by `monai-moe-reg zoo-export`); run by the zoo's ci/unit_tests/runner.py --b shmoareg.
 import os
-import shutil
 import sys
-import tempfile
 import unittest
 
 BUNDLE_ROOT = os.environ.get("ZOO_BUNDLE_ROOT", "models/shmoareg")
@@ -20,23 +18,11 @@ TINY = {  # a tiny network and one epoch on the bundle's synthetic 32^3 demo set
     "num_workers": 0,
 }
 
+if BUNDLE_ROOT not in sys.path:
+    sys.path = [BUNDLE_ROOT] + sys.path  # the bundle carries the monai_moe_reg package
+from monai_moe_reg.zoo import bundle_test_case  # noqa: E402
 
-class TestSHMoARegBundle(unittest.TestCase):
-    def setUp(self):
-        self.work = tempfile.mkdtemp()
-        if BUNDLE_ROOT not in sys.path:
-            sys.path = [BUNDLE_ROOT] + sys.path  # the bundle carries the monai_moe_reg package
-
-    def tearDown(self):
-        shutil.rmtree(self.work)
-
-    def test_train_evaluate_infer(self):
-        from monai_moe_reg.zoo import run_bundle_workflows
-
-        done = run_bundle_workflows(BUNDLE_ROOT, self.work, TINY)
-        self.assertEqual(done, ["train", "evaluate", "inference"])
-        self.assertTrue(os.path.isfile(os.path.join(self.work, "models", "model.pt")))
-        self.assertTrue(os.listdir(os.path.join(self.work, "inference")))
+TestSHMoARegBundle = bundle_test_case(BUNDLE_ROOT, TINY)  # train, train + evaluate, inference, each property-checked
 
 
 if __name__ == "__main__":
