@@ -239,6 +239,14 @@ def _file_hash(path: Path, hash_type: str) -> str:
     return digest.hexdigest()
 
 
+def _numpy_globals() -> list:
+    """The NumPy types a resumable checkpoint's RNG state pickles (allowed for ``weights_only`` loading)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def _read_weights(path: Path) -> dict:
     """A state dict from a ``.safetensors`` file or a PyTorch checkpoint (its ``network`` entry if it has one)."""
     import torch
@@ -248,7 +256,8 @@ def _read_weights(path: Path) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):  # resumable checkpoints hold NumPy RNG states
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for a corrupt file
         kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch"
         raise ValueError(f"checkpoint '{path}' is not a readable {kind} file ({type(err).__name__}); it may be "

@@ -121,3 +121,15 @@ def test_temporaries_of_killed_writers_are_removed_at_the_next_save(tmp_path):
     (tmp_path / f".model.pt.{os.getppid()}.tmp").write_bytes(b"a live writer's")
     atomic_save({"w": torch.zeros(1)}, tmp_path / "model.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".model.pt.{os.getppid()}.tmp", "model.pt"]
+
+
+def test_network_weights_load_from_a_resumable_checkpoint(tmp_path):
+    """A resumable checkpoint (network, optimizer, NumPy RNG state) is a valid --checkpoint / --pretrained source."""
+    from monai_moe_reg.bundles import load_network_weights
+    from monai_moe_reg.engines import RNGState
+
+    net, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    path = tmp_path / "checkpoint_3.pt"
+    torch.save({"network": net.state_dict(), "rng": RNGState().state_dict()}, path)
+    load_network_weights(other, path)
+    assert torch.equal(other.weight, net.weight)
