@@ -63,8 +63,11 @@ def test_layout_and_metadata(bundle):
     for f in ZOO_FILES:
         assert (root / f).is_file(), f"{bundle} lacks {f}"
     tracked = subprocess.run(["git", "ls-files", str(root)], capture_output=True, text=True, cwd=ROOT).stdout.split()
-    if tracked:  # in a git checkout: no weights in git, no file over the zoo's 25 MB
-        assert not [f for f in tracked if f.endswith((".pt", ".ts", ".pth", ".safetensors", ".gguf"))]
+    if tracked:  # in a git checkout: only the shipped weights, hash-listed in large_files.yml; no file over 25 MB
+        from monai_moe_reg.bundles import expected_hash
+
+        weights = [f for f in tracked if f.endswith((".pt", ".ts", ".pth", ".safetensors", ".gguf"))]
+        assert all(f.endswith(".safetensors") and expected_hash(ROOT / f) for f in weights), weights
         assert all((ROOT / f).stat().st_size < 25 * 2**20 for f in tracked)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     for key in REQUIRED_META:
