@@ -202,3 +202,23 @@ def test_an_unknown_setting_in_the_registration_section_is_named():
     with pytest.raises(ValueError, match=r"unknown settings \['lamda_reg'\]"):
         reg = Registrar.from_bundle(SHMOAREG, network="off", overrides={"instance_optimisation": {"lamda_reg": 2.0}})
         reg._stage("instance_optimisation")
+
+
+def test_network_smoothing_smooths_the_network_field_before_instance_optimisation():
+    """The registration section's network_smoothing (voxels of the network grid) Gaussian-smooths the network DDF."""
+    from monai_moe_reg.apps.spatial import Grid
+
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return torch.randn(x.shape[0], 3, *x.shape[2:], generator=torch.Generator().manual_seed(0))
+
+    grid = Grid((16, 16, 16), torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64)))
+    img = torch.rand(1, 1, 16, 16, 16)
+    rough = {}
+    for sigma in (0.0, 1.0):
+        sim = {"similarity": torch.nn.MSELoss()}
+        reg = Registrar(Noisy(), {"network_spacing": 2.0, "network_smoothing": sigma, "affine": dict(sim),
+                                  "instance_optimisation": dict(sim)})
+        ddf, _ = reg._network_ddf(img, grid, img, grid, torch.eye(4, dtype=torch.float64))
+        rough[sigma] = float((ddf[..., 1:] - ddf[..., :-1]).abs().mean())
+    assert rough[1.0] < 0.3 * rough[0.0]

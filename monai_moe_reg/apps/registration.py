@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.networks.layers import GaussianFilter
 from torch import nn
 
 from monai_moe_reg.apps.affine import AFFINE_MODES, affine_register
@@ -235,6 +236,9 @@ class Registrar:
         mov = warp_through(pool_to(moving, fm), matrix.to(self.device), grid.shape)
         with torch.no_grad():
             ddf = self.network(torch.cat([mov, pool_to(fixed, ff)], dim=1)).float()
+        sigma = float(self.config.get("network_smoothing") or 0.0)
+        if sigma > 0:  # Gaussian smoothing of the network's field (voxels of its working grid) before IO
+            ddf = GaussianFilter(self.spatial_dims, sigma).to(ddf.device)(ddf)
         if not torch.isfinite(ddf).all():
             raise ValueError("the network returned non-finite displacements for this pair: check the scans' intensity "
                              "range and the bundle's intensity modes, or register without it (--network off).")
