@@ -66,6 +66,23 @@ def zoo_state_dict(network: torch.nn.Module, limit: int = ZOO_FILE_LIMIT) -> dic
     return state
 
 
+def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | None) -> dict[str, torch.Tensor]:
+    """``checkpoint`` loaded into the bundle's ``network_def`` (built with ``overrides``; weights that do not fit are
+    refused), returned as :func:`zoo_state_dict`."""
+    from monai_moe_reg.bundles import bundle_config, load_network_weights
+
+    parser = bundle_config(src)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    network = parser.get_parsed_content("network_def")
+    load_network_weights(network, checkpoint, src)
+    return zoo_state_dict(network)
+
+
+def _write_bytes(data: bytes, fh) -> None:
+    fh.write(data)
+
+
 def export_zoo_bundle(
     bundle: str | os.PathLike,
     output: str | os.PathLike,
@@ -89,7 +106,7 @@ def export_zoo_bundle(
         the exported bundle folder.
     """
     import monai_moe_reg
-    from monai_moe_reg.bundles import bundle_config, bundle_root, large_file_entries, load_network_weights
+    from monai_moe_reg.bundles import bundle_root, large_file_entries
     from monai_moe_reg.engines.checkpoints import atomic_save
 
     src = bundle_root(bundle)
@@ -98,12 +115,7 @@ def export_zoo_bundle(
         if not force:
             raise FileExistsError(f"'{out}' exists and is not empty: choose a new folder or pass --force.")
         shutil.rmtree(out)
-    parser = bundle_config(src)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    network = parser.get_parsed_content("network_def")
-    load_network_weights(network, checkpoint, src)
-    state = zoo_state_dict(network)
+    state = _trained_state(src, checkpoint, overrides)
 
     staging = out.with_name(f".{out.name}.{os.getpid()}.part")  # assembled aside, renamed when complete
     shutil.rmtree(staging, ignore_errors=True)
@@ -191,26 +203,22 @@ def ship_weights(
 ) -> Path:
     """Package trained weights as the bundle's shipped pretrained file: loaded into the bundle's ``network_def``
     (refused if they do not fit), saved as ``models/<filename>`` (safetensors; half precision when single precision
-    would exceed 25 MB; written to a temporary name, then renamed) and listed in ``large_files.yml`` with its sha256,
-    which :func:`~monai_moe_reg.bundles.load_network_weights` checks on every load. Returns the file."""
+    would exceed 25 MB) and listed in ``large_files.yml`` with its sha256, which
+    :func:`~monai_moe_reg.bundles.load_network_weights` checks on every load. Both files are written with
+    :func:`~monai_moe_reg.engines.atomic_save`: a kill leaves the old or the new file, never a torn one. Returns the
+    file."""
     import hashlib
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from monai_moe_reg.bundles import bundle_config, bundle_root, large_file_entries, load_network_weights
+    from monai_moe_reg.bundles import bundle_root, large_file_entries
+    from monai_moe_reg.engines.checkpoints import atomic_save
 
     src = bundle_root(bundle)
-    parser = bundle_config(src)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    network = parser.get_parsed_content("network_def")
-    load_network_weights(network, checkpoint, src)
-    state = {k: v.contiguous() for k, v in zoo_state_dict(network).items()}
-    target = src / "models" / filename
-    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-    save_file(state, str(partial), metadata={"source": Path(checkpoint).name})
-    partial.replace(target)
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    state = {k: v.contiguous() for k, v in _trained_state(src, checkpoint, overrides).items()}
+    data = save(state, metadata={"source": Path(checkpoint).name})
+    digest = hashlib.sha256(data).hexdigest()
+    target = atomic_save(data, src / "models" / filename, writer=_write_bytes)
     rel = f"models/{filename}"
     entries = [e for e in large_file_entries(src) if e.get("path") != rel]
     entries.append({"path": rel, "url": "", "hash_val": digest, "hash_type": "sha256"})
@@ -224,7 +232,7 @@ def ship_weights(
         f'    hash_type: "{e.get("hash_type", "sha256")}"'
         for e in entries
     ]
-    (src / "large_files.yml").write_text("\n".join(header + body) + "\n")
+    atomic_save(("\n".join(header + body) + "\n").encode(), src / "large_files.yml", writer=_write_bytes)
     return target
 
 
