@@ -258,3 +258,19 @@ def test_a_foreign_or_modified_bundle_is_named_in_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="monai_moe_reg.bundles"):
         bundle_config(copy)
     assert "use only bundles you trust" in caplog.text and str(cfg) in caplog.text
+
+
+def test_bundle_root_that_is_not_a_bundle_and_missing_required_arguments_are_named(tmp_path, capsys, monkeypatch):
+    from monai_moe_reg.bundles import bundle_dir
+
+    assert bundle_dir(SHMOAREG, "shmoareg") == str(Path(SHMOAREG).resolve())
+    monkeypatch.chdir(ROOT)
+    assert bundle_dir(".", "shmoareg") == str(Path(SHMOAREG).resolve())  # a checkout's root
+    monkeypatch.chdir(tmp_path)
+    for root in (".", str(tmp_path / "nowhere")):
+        with pytest.raises(FileNotFoundError, match=r"not a bundle folder.*--bundle_root"):
+            bundle_dir(root, "shmoareg")
+    code, err = run_main(["zoo-export", "--bundle", SHMOAREG], capsys)
+    assert code == 2 and "--output is required" in err
+    code, err = run_main(["ship-weights", "--bundle", SHMOAREG], capsys)
+    assert code == 2 and "--checkpoint is required" in err
