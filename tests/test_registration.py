@@ -86,6 +86,35 @@ def test_pyramid_instance_optimisation_recovers_a_deformation_without_folding():
         assert len(info["steps"]) == 2
 
 
+def test_total_field_regularisation_smooths_a_rough_initial_field_and_residual_regularisation_keeps_it():
+    """``regularise="total"`` penalises the composed field, so the roughness a network's field brings is removed;
+    ``"residual"`` only penalises the change, so a rough initial field stays rough. With no image term (a zero
+    similarity) only the regulariser acts. An unknown mode is refused."""
+    from monai.losses import DiffusionLoss
+
+    class NoSimilarity(torch.nn.Module):
+        def forward(self, warped, fixed):
+            return 0.0 * warped.sum()
+
+    grid = Grid((24, 24, 24), torch.eye(4, dtype=torch.float64))
+    image = synthetic_pair((24, 24, 24), max_disp=0.0, seed=1)["fixed_image"][None].float()
+    rough = 0.8 * torch.randn(1, 3, 24, 24, 24, generator=torch.Generator().manual_seed(0))
+    roughness = {}
+    for mode in ("residual", "total"):
+        w, w_grid, _ = optimise_pyramid(image, grid, image, grid, torch.eye(4, dtype=torch.float64),
+                                        NoSimilarity(), lambda_reg=1.0, levels=(1,), steps=40, lr=0.3,
+                                        initial=(rough, grid), regularise=mode, patience=100)
+        from monai_moe_reg.apps.deformable import compose
+
+        roughness[mode] = float(DiffusionLoss()(compose(resample_field(w, w_grid, grid), rough)))
+    start = float(DiffusionLoss()(rough))
+    assert roughness["total"] < 0.5 * start, (start, roughness)
+    assert roughness["residual"] == pytest.approx(start, rel=1e-3), (start, roughness)
+    with pytest.raises(ValueError, match="regularise must be one of"):
+        optimise_pyramid(image, grid, image, grid, torch.eye(4, dtype=torch.float64), torch.nn.MSELoss(),
+                         levels=(1,), steps=1, regularise="both")
+
+
 def _files(tmp_path, pair, moving_affine=None):
     fixed_affine = np.diag([2.0, 2.0, 2.0, 1.0])
     out = {}
@@ -202,6 +231,22 @@ def test_an_unknown_setting_in_the_registration_section_is_named():
     with pytest.raises(ValueError, match=r"unknown settings \['lamda_reg'\]"):
         reg = Registrar.from_bundle(SHMOAREG, network="off", overrides={"instance_optimisation": {"lamda_reg": 2.0}})
         reg._stage("instance_optimisation")
+
+
+def test_the_schedule_from_a_network_field_comes_from_network_instance_optimisation_and_user_overrides_win():
+    """SHMoAReg's inference.json refines a network's field with its own schedule (total-field regularisation, fewer
+    steps); from the identity the base section applies; an explicit override applies to both."""
+    reg = Registrar.from_bundle(SHMOAREG, network="off")
+    base, from_net = reg._stage("instance_optimisation"), reg._stage("instance_optimisation", from_network=True)
+    assert base["steps"] == [100, 60] and base.get("regularise", "residual") == "residual"
+    assert from_net["steps"] == [20, 40] and from_net["regularise"] == "total"
+    assert from_net["similarity"] is base["similarity"] and from_net["lambda_reg"] == base["lambda_reg"]
+    reg = Registrar.from_bundle(SHMOAREG, network="off", overrides={"instance_optimisation": {"steps": 7}})
+    assert reg._stage("instance_optimisation")["steps"] == 7
+    assert reg._stage("instance_optimisation", from_network=True)["steps"] == 7
+    reg.config["network_instance_optimisation"] = {"step": 3}
+    with pytest.raises(ValueError, match=r"network_instance_optimisation section has unknown settings \['step'\]"):
+        reg._stage("instance_optimisation", from_network=True)
 
 
 def test_network_smoothing_smooths_the_network_field_before_instance_optimisation():

@@ -27,7 +27,9 @@ from monai_moe_reg.apps.affine import adam_step
 from monai_moe_reg.apps.spatial import Grid, level_factors, pool_to, resample_field, warp_through
 from monai_moe_reg.engines.instance_optimisation import _smooth
 
-__all__ = ["optimise_pyramid", "compose"]
+__all__ = ["optimise_pyramid", "compose", "REGULARISE"]
+
+REGULARISE = ("residual", "total")
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ def optimise_pyramid(
     diffeomorphic: bool = False,
     integration_steps: int = 5,
     initial: tuple[torch.Tensor, Grid] | None = None,
+    regularise: str = "residual",
     tol: float = 1e-4,
     patience: int = 10,
     progress: bool = False,
@@ -66,8 +69,8 @@ def optimise_pyramid(
         fixed_grid, moving_grid: their grids.
         transform: ``(4, 4)`` fixed-world -> moving-world affine (identity when there is no affine stage).
         similarity: ``(warped, fixed) -> scalar`` loss.
-        lambda_reg: weight of MONAI's ``DiffusionLoss`` on the residual displacement (level voxels); one number, or
-            one per level.
+        lambda_reg: weight of MONAI's ``DiffusionLoss`` on the displacement (level voxels; see ``regularise``); one
+            number, or one per level.
         levels: coarsening of each level in multiples of the fixed image's finest spacing, coarse to fine (1 = the
             fixed grid itself).
         steps: the most Adam steps per level (one number, or one per level).
@@ -76,6 +79,9 @@ def optimise_pyramid(
         diffeomorphic: optimise a stationary velocity integrated with ``DVF2DDF``.
         integration_steps: scaling-and-squaring steps.
         initial: optional ``(u0, grid)``: a DDF in voxels of ``grid`` (a coarsening of ``fixed_grid``) to refine.
+        regularise: what ``DiffusionLoss`` acts on: ``"residual"`` (``w``, the change made here) or ``"total"``
+            (the composed ``u = w + u0 o (id + w)``, so a rough initial field is smoothed too; same as
+            ``"residual"`` without ``initial``).
         tol, patience: early stop of a level (see :func:`monai_moe_reg.apps.affine.affine_register`).
         progress: show a progress bar per level.
 
@@ -93,6 +99,8 @@ def optimise_pyramid(
         raise ValueError(f"instance optimisation needs lr > 0 and lambda_reg >= 0 (one, or one per level), got "
                          f"lr={lr}, "
                          f"lambda_reg={lambda_reg}.")
+    if regularise not in REGULARISE:
+        raise ValueError(f"instance optimisation: regularise must be one of {REGULARISE}, got {regularise!r}.")
     device = fixed.device
     integrate = DVF2DDF(num_steps=integration_steps) if diffeomorphic else None
     reg = DiffusionLoss()
@@ -114,8 +122,10 @@ def optimise_pyramid(
         bar = tqdm(range(n_steps), desc=f"instance optimisation {grid.shape}", file=sys.stdout, disable=not progress)
         for _ in bar:
             w = _residual(field, smoothing, integrate)
-            warped = warp_through(mov_l, matrix, grid.shape, compose(w, u0))
-            if adam_step(opt, similarity(warped, fix_l) + lam * reg(w), history, tol, patience):
+            u = compose(w, u0)
+            warped = warp_through(mov_l, matrix, grid.shape, u)
+            if adam_step(opt, similarity(warped, fix_l) + lam * reg(u if regularise == "total" else w), history, tol,
+                         patience):
                 break
         info["steps"].append(len(history))
         info["loss"].append(history[-1] if history else float("nan"))

@@ -38,6 +38,7 @@ from monai_moe_reg.apps.spatial import (
     warp_through,
 )
 from monai_moe_reg.data.staging import staged_folder
+from monai_moe_reg.metrics.jacobian import jacobian_determinant
 
 __all__ = ["Registrar", "RegistrationResult", "load_scan", "NETWORK_MODES"]
 
@@ -105,6 +106,7 @@ class RegistrationResult:
         world_affine: ``(4, 4)`` fixed world -> moving world (RAS mm) of the affine stage.
         metrics: Dice/HD95/ASSD (mm) with both labels, %|J|<=0, SD log J, unregistered Dice.
         timings: seconds per stage.
+        jacobian: ``(*S)`` Jacobian determinant of the total map (computed once, for the metrics and the files).
     """
 
     fixed: torch.Tensor
@@ -115,6 +117,7 @@ class RegistrationResult:
     world_affine: torch.Tensor
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    jacobian: torch.Tensor | None = None
 
 
 class Registrar:
@@ -175,10 +178,13 @@ class Registrar:
         parser = bundle_config(bundle, "inference.json")
         if "registration" not in parser:
             raise ValueError(f"bundle '{bundle}' has no 'registration' section in configs/inference.json.")
+        from_network = "network_instance_optimisation" in parser["registration"]
         for key, value in (overrides or {}).items():
             if isinstance(value, Mapping):
                 for sub, v in value.items():
                     parser[f"registration::{key}::{sub}"] = v
+                    if key == "instance_optimisation" and from_network:  # the caller's choice wins in both cases
+                        parser[f"registration::network_instance_optimisation::{sub}"] = v
             else:
                 parser[f"registration::{key}"] = value
         net = None
@@ -201,19 +207,26 @@ class Registrar:
         )
 
     # ------------------------------------------------------------------ steps
-    def _stage(self, name: str) -> dict:
+    def _stage(self, name: str, from_network: bool = False) -> dict:
         """The keyword arguments of a stage from the bundle's ``registration::<name>`` section (the functions'
-        own defaults fill what the section leaves out), or a ``ValueError`` naming an unknown key."""
+        own defaults fill what the section leaves out), or a ``ValueError`` naming an unknown key. With
+        ``from_network``, the optional ``network_instance_optimisation`` section overrides ``instance_optimisation``
+        (refining a network's field needs another schedule than starting from the identity)."""
         import inspect
 
         fn = affine_register if name == "affine" else optimise_pyramid
-        cfg = dict(self.config[name])
         inputs = {"fixed", "fixed_grid", "moving", "moving_grid", "transform", "initial", "progress"}
         allowed = set(inspect.signature(fn).parameters) - inputs
-        unknown = set(cfg) - allowed
-        if unknown:
-            raise ValueError(f"the bundle's registration::{name} section has unknown settings {sorted(unknown)}; "
-                             f"allowed: {sorted(allowed)}.")
+        sections = [name] + (["network_instance_optimisation"] if from_network and name == "instance_optimisation"
+                             else [])
+        cfg: dict = {}
+        for section in sections:
+            part = self.config.get(section) or {}
+            unknown = set(part) - allowed
+            if unknown:
+                raise ValueError(f"the bundle's registration::{section} section has unknown settings "
+                                 f"{sorted(unknown)}; allowed: {sorted(allowed)}.")
+            cfg.update(part)
         return cfg
 
     def _scaled(self, img, mode: str) -> torch.Tensor:
@@ -294,7 +307,8 @@ class Registrar:
         residual = None
         if instance_opt and affine != "only":
             w, w_grid, info = optimise_pyramid(f_s, fixed_grid, m_s, moving_grid, world, initial=initial,
-                                               progress=progress, **self._stage("instance_optimisation"))
+                                               progress=progress,
+                                               **self._stage("instance_optimisation", from_network=initial is not None))
             residual = resample_field(w, w_grid, fixed_grid)
             times["io_steps"] = info["steps"]
         with torch.no_grad():
@@ -326,28 +340,30 @@ class Registrar:
         times["warp"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        metrics = self._metrics(total.cpu(), warped_label, labels, fixed_grid)
+        with torch.no_grad():
+            det = jacobian_determinant(total).cpu()
+        metrics = self._metrics(total.cpu(), det, warped_label, labels, fixed_grid)
         times["metrics"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t0
         return RegistrationResult(
             fixed=fix, warped_image=warped, warped_label=warped_label, ddf=total[0].cpu(),
-            deformable=deformable[0].cpu(), world_affine=world, metrics=metrics, timings=times,
+            deformable=deformable[0].cpu(), world_affine=world, metrics=metrics, timings=times, jacobian=det[0],
         )
 
     @staticmethod
-    def _metrics(total: torch.Tensor, warped_label, labels: dict, fixed_grid: Grid) -> dict:
+    def _metrics(total: torch.Tensor, det: torch.Tensor, warped_label, labels: dict, fixed_grid: Grid) -> dict:
         """%|J|<=0 and SD log J of the total map; with both labels also Dice, HD95/ASSD (mm) and the Dice of the
         pair before registration (labels resampled through their headers, no transform)."""
         from monai_moe_reg.metrics.overlap import dice_per_label
         from monai_moe_reg.metrics.registration import registration_metrics
 
         if "fixed" not in labels:
-            row = registration_metrics(total)[0]
+            row = registration_metrics(total, det=det)[0]
             return {k: row[k] for k in ("folding_percent", "sdlogj")}
         shape, spacing = fixed_grid.shape, fixed_grid.spacing
         on_fixed = {k: _warp_label(v, torch.linalg.inv(_grid(v).affine) @ fixed_grid.affine, shape, None)
                     for k, v in labels.items()}
-        row = registration_metrics(total, warped_label[None], on_fixed["fixed"][None], spacing)[0]
+        row = registration_metrics(total, warped_label[None], on_fixed["fixed"][None], spacing, det=det)[0]
         row["labels"] = sorted(int(v) for v in torch.unique(on_fixed["fixed"]) if v != 0)
         before = dice_per_label(on_fixed["moving"][None], on_fixed["fixed"][None], row["labels"])[0]
         row["dice_unregistered"] = float(np.nanmean(before.numpy()))
@@ -368,8 +384,6 @@ class Registrar:
         import nibabel as nib
 
         from monai_moe_reg.data.displacement_io import write_itk_displacement_nifti, write_itk_transform
-        from monai_moe_reg.metrics.jacobian import jacobian_determinant
-
         final = Path(folder)
         with staged_folder(final) as stage:
             affine = np.asarray(result.fixed.affine, dtype=np.float64)
@@ -377,7 +391,8 @@ class Registrar:
             arrays = {
                 "warped_image": result.warped_image[0].numpy().astype(np.float32),
                 "ddf": result.ddf.movedim(0, -1).numpy().astype(np.float32),
-                "jacobian": jacobian_determinant(result.ddf[None])[0].numpy().astype(np.float32),
+                "jacobian": (result.jacobian if result.jacobian is not None else
+                             jacobian_determinant(result.ddf[None])[0]).numpy().astype(np.float32),
             }
             if label is not None:
                 dtype = np.int16 if int(label.max()) <= np.iinfo(np.int16).max else np.int32
@@ -407,6 +422,9 @@ class Registrar:
 def _warp_label(label: torch.Tensor, matrix: torch.Tensor, shape, ddf: torch.Tensor | None) -> torch.Tensor:
     """Nearest-neighbour resampling of an integer label map ``(1, *S)`` (exact for any id: done in float64)."""
     raw = label.as_tensor() if hasattr(label, "as_tensor") else label
+    if ddf is None and tuple(raw.shape[1:]) == tuple(shape) and torch.allclose(
+            matrix.double().cpu(), torch.eye(matrix.shape[0], dtype=torch.float64), atol=1e-6):
+        return raw.round().long().cpu()  # already on this grid (the usual case for a scan's own label map)
     device = ddf.device if ddf is not None else "cpu"
     out = warp_through(raw[None].double().to(device), matrix.to(device), shape, ddf, mode="nearest")
     return out[0].round().long().cpu()

@@ -32,13 +32,15 @@ def registration_metrics(
     fixed_label: torch.Tensor | None = None,
     spacing: Sequence[float] | None = None,
     labels: Sequence[int] | None = None,
+    det: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
     """Per pair: mean Dice over labels, mean HD95 and ASSD in mm (``spacing`` mm per voxel), %|J|<=0, SD log J.
 
     Label metrics are NaN when no labels are given; labels absent from both maps are ignored in the means.
+    ``det``: the Jacobian determinant of ``ddf`` when the caller already has it (``(B, *S')``), else computed.
     Returns one dict per batch item.
     """
-    det = jacobian_determinant(ddf)
+    det = jacobian_determinant(ddf) if det is None else det
     folding = nonpositive_jacobian_percent(None, det=det).tolist()
     sdlogj = sd_log_jacobian(None, det=det).tolist()
     rows = [{"folding_percent": f, "sdlogj": s} for f, s in zip(folding, sdlogj)]
