@@ -61,6 +61,13 @@ for _lam, _all_steps in _TOTAL:
     for _steps in _all_steps:
         CANDIDATES[f"network, IO on the total field, lambda {_lam[0]}/{_lam[1]}, {_steps[0]}/{_steps[1]} steps"] = (
             "on", {"instance_optimisation": {"regularise": "total", "lambda_reg": list(_lam), "steps": list(_steps)}})
+for _passes in (2, 3):
+    for _steps in ((20, 40), (100, 60)):
+        CANDIDATES[f"network, IO on the residual, {_passes} box passes, {_steps[0]}/{_steps[1]} steps"] = (
+            "on", {"instance_optimisation": {"regularise": "residual", "smoothing": _passes, "steps": list(_steps)}})
+CANDIDATES["network, IO on the total field, lambda 1.0/2.0, 2 box passes, 20/40 steps"] = (
+    "on", {"instance_optimisation": {"regularise": "total", "lambda_reg": [1.0, 2.0], "smoothing": 2,
+                                     "steps": [20, 40]}})
 CANDIDATES["network, IO on the total field, lambda 1.0/3.2, 20/30 steps, lr 1.0"] = (
     "on", {"instance_optimisation": {"regularise": "total", "lambda_reg": [1.0, 3.2], "steps": [20, 30], "lr": 1.0}})
 

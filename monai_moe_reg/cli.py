@@ -44,9 +44,10 @@ def _boolish(value):
     return value
 
 
-def _io_overrides(instance_opt, lr, io_lambda, diffeomorphic=None) -> tuple[bool, dict]:
-    """``--instance-opt`` (true/false, or N steps per level), ``--lr``, ``--io-lambda`` and ``--diffeomorphic`` as
-    overrides of the bundle's ``registration::instance_optimisation`` section."""
+def _io_overrides(instance_opt, lr, io_lambda, diffeomorphic=None, io_regularise=None) -> tuple[bool, dict]:
+    """``--instance-opt`` (true/false, or N steps per level), ``--lr``, ``--io-lambda``, ``--diffeomorphic`` and
+    ``--io-regularise`` as overrides of the bundle's ``registration::instance_optimisation`` section (and of its
+    ``network_instance_optimisation`` section, used when starting from the network's field)."""
     instance_opt, diffeomorphic = _boolish(instance_opt), _boolish(diffeomorphic)
     if isinstance(instance_opt, bool) or instance_opt is None:
         enabled, steps = bool(instance_opt), None
@@ -71,6 +72,12 @@ def _io_overrides(instance_opt, lr, io_lambda, diffeomorphic=None) -> tuple[bool
         if not isinstance(diffeomorphic, bool):
             raise ValueError(f"--diffeomorphic takes true or false, got {diffeomorphic!r}.")
         io["diffeomorphic"] = diffeomorphic
+    if io_regularise is not None:
+        from monai_moe_reg.apps.deformable import REGULARISE
+
+        if io_regularise not in REGULARISE:
+            raise ValueError(f"--io-regularise takes {' or '.join(REGULARISE)}, got {io_regularise!r}.")
+        io["regularise"] = io_regularise
     return enabled, ({"instance_optimisation": io} if io else {})
 
 
@@ -145,6 +152,7 @@ class CLI:
         lr: float | None = None,
         io_lambda: float | None = None,
         diffeomorphic: bool | None = None,
+        io_regularise: str | None = None,
         device: str = "cpu",
     ) -> str:
         """Register MOVING to FIXED and write the results on the fixed image's grid and affine.
@@ -173,6 +181,9 @@ class CLI:
             io_lambda: instance-optimisation regularisation weight (default: the bundle's lambda_reg).
             diffeomorphic: true: optimise a stationary velocity integrated by scaling and squaring (cannot fold;
                 slower); default: the bundle's setting.
+            io_regularise: what the instance optimisation's regulariser acts on: total (the whole field, so the
+                result is as smooth as --io-lambda asks; SHMoAReg's default from its network's field) or residual
+                (only the change made after the network: keeps more of the network's field, rougher).
             device: cpu, cuda or cuda:N.
         Returns:
             The folder written.
@@ -187,7 +198,7 @@ class CLI:
         out_dir = Path(str(output))
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"output folder '{out_dir}' exists and is not a folder.")
-        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic)
+        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic, io_regularise)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
         fix = load_scan(fixed, "fixed image", registrar.spatial_dims)
         mov = load_scan(moving, "moving image", registrar.spatial_dims)
@@ -220,6 +231,7 @@ class CLI:
         lr: float | None = None,
         io_lambda: float | None = None,
         diffeomorphic: bool | None = None,
+        io_regularise: str | None = None,
         device: str = "cpu",
     ) -> str:
         """Metrics of the bundle's registration pipeline over a datalist section: one CSV row per pair and a
@@ -238,6 +250,7 @@ class CLI:
             lr: instance-optimisation learning rate (default: the bundle's).
             io_lambda: instance-optimisation regularisation weight (default: the bundle's).
             diffeomorphic: true/false: velocity-field instance optimisation (default: the bundle's).
+            io_regularise: total or residual (see register).
             device: cpu, cuda or cuda:N.
         Returns:
             The mean +- std table (markdown).
@@ -247,7 +260,7 @@ class CLI:
 
         out = Path(output)
         pairs = load_pairs(datalist, section)
-        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic)
+        enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic, io_regularise)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
         rows = []
         for i, p in enumerate(pairs):

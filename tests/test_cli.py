@@ -219,6 +219,8 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(pair_files, checkpoin
         (base + ["--moving", pair_files["moving"], "--output", str(out), "--io-lambda=-1"], "lambda_reg >= 0"),
         (base + ["--moving", pair_files["moving"], "--output", str(out), "--instance-opt=-5"], "steps >= 0"),
         (base + ["--moving", pair_files["moving"], "--output", str(out), "--affine", "bogus"], "affine must be"),
+        (base + ["--moving", pair_files["moving"], "--output", str(out), "--io-regularise", "both"],
+         "--io-regularise takes residual or total"),
         (base + ["--moving", pair_files["moving"], "--output", str(out), "--network", "bogus"], "network must be"),
         (base + ["--moving", pair_files["moving"], "--output", str(out), "--fixed-label", pair_files["fixed_label"]],
          "needs --moving-label"),
@@ -240,6 +242,15 @@ def test_instance_opt_flag_as_typed(value, enabled, steps):
     got, overrides = _io_overrides(value, None, None)
     assert got is enabled
     assert overrides.get("instance_optimisation", {}).get("steps") == steps
+
+
+def test_io_regularise_flag_reaches_the_schedule_from_the_network():
+    from monai_moe_reg.apps.registration import Registrar
+    from monai_moe_reg.cli import _io_overrides
+
+    _, overrides = _io_overrides(True, None, None, None, "residual")
+    reg = Registrar.from_bundle(SHMOAREG, network="off", overrides=overrides)
+    assert reg._stage("instance_optimisation", from_network=True)["regularise"] == "residual"
 
 
 def test_a_foreign_or_modified_bundle_is_named_in_a_warning(tmp_path, caplog):
