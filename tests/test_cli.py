@@ -285,3 +285,20 @@ def test_bundle_root_that_is_not_a_bundle_and_missing_required_arguments_are_nam
     assert code == 2 and "--output is required" in err
     code, err = run_main(["ship-weights", "--bundle", SHMOAREG], capsys)
     assert code == 2 and "--checkpoint is required" in err
+
+
+def test_the_cli_start_up_hides_transformers_only_while_monai_is_imported():
+    """The CLI imports MONAI with transformers hidden (TransCheX's eager BERT import costs ~2 s of start-up);
+    afterwards transformers imports normally (LLM-Morph needs it), in a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from monai_moe_reg.cli import _import_monai_without_transchex as f\n"
+            "f()\n"
+            "assert 'monai' in sys.modules and 'transformers' not in sys.modules\n"
+            "import transformers\n"
+            "from transformers import LlamaConfig\n"
+            "print('ok', transformers.__version__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
