@@ -1,5 +1,5 @@
 """Register real brain pairs at full resolution, side by side: no registration, ANTs SyN, elastix B-spline, and
-``monai-moe-reg register`` (network only, and the default pipeline), in one run on one machine.
+``monai-moe-reg register`` (network only, the default pipeline and its options), in one run on one machine.
 
     python bench/register_real.py --data ../shared/data [--checkpoint model.pt] [--ants-python .venv-ants/bin/python]
                                   [--device cpu] [--out bench/results/register_real.md]
@@ -131,7 +131,8 @@ def ants_reproduces(pair: dict, folder: Path, python: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="the data folder (../shared/data)")
-    parser.add_argument("--checkpoint", default=None, help="network weights for the network rows (default: none)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="network weights for the network rows (default: the bundle's, i.e. its shipped weights)")
     parser.add_argument("--bundle", default=str(ROOT / "bundles" / "shmoareg"))
     parser.add_argument("--ants-python", default=str(ROOT / ".venv-ants" / "bin" / "python"))
     parser.add_argument("--skip", nargs="*", default=[], choices=["ants", "elastix"])
@@ -142,12 +143,16 @@ def main() -> None:
     use_ants = "ants" not in args.skip
     if use_ants and not Path(args.ants_python).is_file():
         raise SystemExit(f"no ANTs Python at {args.ants_python}: see README 'Benchmarks' (or --skip ants).")
-    ours = [("ours (default: affine + instance optimisation)", ["--network", "off"])]
     base = ["--bundle", args.bundle, "--device", args.device]
-    if args.checkpoint:
-        ours = [("ours, network only", ["--checkpoint", args.checkpoint, "--instance-opt", "false"]),
-                ("ours (default, with the network)", ["--checkpoint", args.checkpoint])] + ours
-    ours.append(("ours, diffeomorphic option", ["--network", "off", "--diffeomorphic", "true"]))
+    weights = ["--checkpoint", args.checkpoint] if args.checkpoint else []  # default: the bundle's (shipped) weights
+    ours = [
+        ("ours, network only", weights + ["--instance-opt", "false"]),
+        ("ours (default: affine + network + instance optimisation)", weights),
+        ("ours, network + IO regularising the residual only (--io-regularise residual)",
+         weights + ["--io-regularise", "residual"]),
+        ("ours, no network (--network off: affine + IO from the identity)", ["--network", "off"]),
+        ("ours, diffeomorphic IO, no network", ["--network", "off", "--diffeomorphic", "true"]),
+    ]
     rows: dict[str, list[dict]] = {}
     work = Path(tempfile.mkdtemp(prefix="register_real_"))
     checks = []
@@ -164,8 +169,8 @@ def main() -> None:
             m, s = run_elastix(pair)
             rows.setdefault("elastix B-spline (itk-elastix defaults, registration only)", []).append({**m, "seconds": s})
             print(f"elastix: dice {m['dice']:.4f} in {s:.1f} s", flush=True)
-        for name, extra in ours:
-            m, s, folder = run_ours(pair, work / name.split()[1].strip(",()"), base + extra)
+        for i, (name, extra) in enumerate(ours):
+            m, s, folder = run_ours(pair, work / f"ours{i}_{pair['name'][-4:]}", base + extra)
             rows.setdefault(name, []).append({**m, "seconds": s})
             print(f"{name}: dice {m['dice']:.4f} in {s:.1f} s", flush=True)
             if use_ants and "default" in name:
