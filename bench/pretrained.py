@@ -39,20 +39,28 @@ from monai_moe_reg.bundles import shipped_weights
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def weights_bench_args(doc: str, bundle: str, out: str, extra=None) -> tuple[argparse.Namespace, Path, list[str]]:
+    """The command line shared by the shipped-weights benches: ``(args, shipped weights file, base CLI args)``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="the data folder (../shared/data)")
-    ap.add_argument("--demo-checkpoint", required=True, help="SHMoAReg weights trained on the demo set only")
+    ap.add_argument("--demo-checkpoint", required=True, help="the bundle's weights trained on its demo set only")
     ap.add_argument("--shipped", default=None, help="shipped weights (default: the bundle's)")
-    ap.add_argument("--bundle", default=str(ROOT / "bundles" / "shmoareg"))
-    ap.add_argument("--io-steps", type=int, nargs="*", default=[10])
+    ap.add_argument("--bundle", default=str(ROOT / "bundles" / bundle))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(RESULTS / "pretrained.md"))
+    ap.add_argument("--out", default=str(RESULTS / out))
+    if extra is not None:
+        extra(ap)
     args = ap.parse_args()
     shipped = args.shipped or shipped_weights(args.bundle)
     if shipped is None:
         raise SystemExit(f"no shipped weights in {args.bundle} (large_files.yml): pass --shipped.")
-    base = ["--bundle", args.bundle, "--device", args.device]
+    return args, Path(shipped), ["--bundle", args.bundle, "--device", args.device]
+
+
+def main() -> None:
+    args, shipped, base = weights_bench_args(
+        __doc__, "shmoareg", "pretrained.md",
+        lambda ap: ap.add_argument("--io-steps", type=int, nargs="*", default=[10]))
     rows = [
         ("affine only", ["--network", "off", "--instance-opt", "false"]),
         ("network only, demo-trained weights", ["--checkpoint", args.demo_checkpoint, "--instance-opt", "false"]),

@@ -18,23 +18,21 @@ bundles/llm_morph``, a fresh process; seconds = the whole command), scored by th
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import tempfile
 import time
 from pathlib import Path
 
+from pretrained import weights_bench_args  # bench/pretrained.py
 from register_real import run_ours  # bench/register_real.py
-from report import RESULTS, emit_table  # bench/report.py
+from report import emit_table  # bench/report.py
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from monai_moe_reg.bundles import shipped_weights
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_IDS = (1, 2, 3, 5)  # spleen, right kidney, left kidney, liver: the same ids in TotalSegmentator's CT and MR maps
 
 
@@ -61,18 +59,7 @@ def _pairs(data: Path, work: Path) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="the data folder (../shared/data)")
-    ap.add_argument("--demo-checkpoint", required=True, help="LLM-Morph weights trained on the demo set only")
-    ap.add_argument("--shipped", default=None, help="shipped weights (default: the bundle's)")
-    ap.add_argument("--bundle", default=str(ROOT / "bundles" / "llm_morph"))
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(RESULTS / "pretrained_llm_morph.md"))
-    args = ap.parse_args()
-    shipped = args.shipped or shipped_weights(args.bundle)
-    if shipped is None:
-        raise SystemExit(f"no shipped weights in {args.bundle} (large_files.yml): pass --shipped.")
-    base = ["--bundle", args.bundle, "--device", args.device]
+    args, shipped, base = weights_bench_args(__doc__, "llm_morph", "pretrained_llm_morph.md")
     rows = [
         ("affine only (MI)", ["--network", "off", "--instance-opt", "false"]),
         ("network only, demo-trained weights", ["--checkpoint", args.demo_checkpoint, "--instance-opt", "false"]),
