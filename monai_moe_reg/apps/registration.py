@@ -384,6 +384,7 @@ class Registrar:
         import nibabel as nib
 
         from monai_moe_reg.data.displacement_io import write_itk_displacement_nifti, write_itk_transform
+
         final = Path(folder)
         with staged_folder(final) as stage:
             affine = np.asarray(result.fixed.affine, dtype=np.float64)
