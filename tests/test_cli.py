@@ -302,3 +302,18 @@ def test_the_cli_start_up_hides_transformers_only_while_monai_is_imported():
             "print('ok', transformers.__version__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
+
+
+def test_llm_morph_without_its_llm_is_one_line_naming_the_fetch_and_network_off(pair_files, tmp_path, capsys,
+                                                                               monkeypatch):
+    """With LLM-Morph weights but no SmolLM2 on the machine, register names the missing LLM file, how to fetch it
+    and --network off, instead of MONAI's "failed to instantiate" traceback."""
+    monkeypatch.setenv("MONAI_MOE_REG_LLM_DIR", str(tmp_path / "no_llm_here"))
+    weights = tmp_path / "llm_morph.pt"
+    torch.save({}, weights)
+    code, err = run_main(["register", "--fixed", pair_files["fixed"], "--moving", pair_files["moving"], "--bundle",
+                          str(ROOT / "bundles" / "llm_morph"), "--checkpoint", str(weights), "--output",
+                          str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "does not exist" in err and "llm.fetch" in err and "--network off" in err, err
+    assert not (tmp_path / "out").exists()

@@ -191,7 +191,7 @@ class Registrar:
         if network != "off":
             path = Path(checkpoint) if checkpoint else Path(default_weights(parser["bundle_root"]))
             if path.is_file() or checkpoint or network == "on":
-                net = parser.get_parsed_content("network_def")
+                net = _build_network(parser)
                 load_network_weights(net, path, bundle)
             else:
                 logger.warning("no trained weights at %s: registering with the affine stage and instance optimisation "
@@ -418,6 +418,20 @@ class Registrar:
             for name, text in (extra_files or {}).items():
                 (stage / name).write_text(text)
         return final
+
+
+def _build_network(parser) -> nn.Module:
+    """The bundle's ``network_def``; when building it fails for a reason the user can fix (a missing file such as
+    LLM-Morph's LLM, a bad value), that reason is raised, not MONAI's generic "failed to instantiate" wrapper."""
+    try:
+        return parser.get_parsed_content("network_def")
+    except RuntimeError as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, (OSError, ValueError)):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise type(cause)(f"{cause} (or register without the network: --network off)") from err
 
 
 def _warp_label(label: torch.Tensor, matrix: torch.Tensor, shape, ddf: torch.Tensor | None) -> torch.Tensor:
