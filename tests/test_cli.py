@@ -304,8 +304,9 @@ def test_the_cli_start_up_hides_transformers_only_while_monai_is_imported():
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
 
 
-def test_llm_morph_without_its_llm_is_one_line_naming_the_fetch_and_network_off(pair_files, tmp_path, capsys,
-                                                                               monkeypatch):
+def test_llm_morph_without_its_llm_is_one_line_naming_the_fetch_and_network_off(
+    pair_files, tmp_path, capsys, monkeypatch
+):
     """With LLM-Morph weights but no SmolLM2 on the machine, register names the missing LLM file, how to fetch it
     and --network off, instead of MONAI's "failed to instantiate" traceback."""
     monkeypatch.setenv("MONAI_MOE_REG_LLM_DIR", str(tmp_path / "no_llm_here"))
