@@ -8,6 +8,7 @@ from pathlib import Path
 from ignite.engine import Engine
 
 __all__ = [
+    "build_network",
     "bundle_config",
     "bundle_dir",
     "bundle_root",
@@ -163,6 +164,21 @@ def bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):
         raise ValueError(f"cannot read '{root / 'configs' / config}': {err}") from err
     parser["bundle_root"] = str(root.resolve())
     return parser
+
+
+def build_network(parser, hint: str = ""):
+    """The bundle's ``network_def`` from ``parser``. When building it fails for a reason the user can fix (a missing
+    file such as LLM-Morph's LLM, a bad value), that reason is raised with ``hint`` appended, not MONAI's generic
+    "failed to instantiate" wrapper (so the CLI prints it in one line)."""
+    try:
+        return parser.get_parsed_content("network_def")
+    except RuntimeError as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, (OSError, ValueError)):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise type(cause)(f"{cause}{hint}") from err
 
 
 def _warn_if_foreign(root: Path, config: str) -> None:

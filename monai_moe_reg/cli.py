@@ -331,10 +331,10 @@ class CLI:
                 weights).
             size: cubic example size used for tracing; the traced module is checked against the eager one on it.
         """
-        from monai_moe_reg.bundles import bundle_config, bundle_root, default_weights, load_network_weights
+        from monai_moe_reg.bundles import build_network, bundle_config, bundle_root, default_weights, load_network_weights
 
         parser = bundle_config(bundle)
-        net = parser.get_parsed_content("network_def")
+        net = build_network(parser)
         load_network_weights(net, checkpoint or default_weights(bundle_root(bundle)), bundle)
         net.eval()
         dims = int(parser["network_def"].get("spatial_dims", 3))

@@ -69,12 +69,12 @@ def zoo_state_dict(network: torch.nn.Module, limit: int = ZOO_FILE_LIMIT) -> dic
 def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | None) -> dict[str, torch.Tensor]:
     """``checkpoint`` loaded into the bundle's ``network_def`` (built with ``overrides``; weights that do not fit are
     refused), returned as :func:`zoo_state_dict`."""
-    from monai_moe_reg.bundles import bundle_config, load_network_weights
+    from monai_moe_reg.bundles import build_network, bundle_config, load_network_weights
 
     parser = bundle_config(src)
     for key, value in (overrides or {}).items():
         parser[key] = value
-    network = parser.get_parsed_content("network_def")
+    network = build_network(parser)
     load_network_weights(network, checkpoint, src)
     return zoo_state_dict(network)
 

@@ -308,7 +308,8 @@ def test_llm_morph_without_its_llm_is_one_line_naming_the_fetch_and_network_off(
     pair_files, tmp_path, capsys, monkeypatch
 ):
     """With LLM-Morph weights but no SmolLM2 on the machine, register names the missing LLM file, how to fetch it
-    and --network off, instead of MONAI's "failed to instantiate" traceback."""
+    and --network off, instead of MONAI's "failed to instantiate" traceback; export and ship-weights name the file
+    and the fetch command too (nothing is written)."""
     monkeypatch.setenv("MONAI_MOE_REG_LLM_DIR", str(tmp_path / "no_llm_here"))
     weights = tmp_path / "llm_morph.pt"
     torch.save({}, weights)
@@ -318,3 +319,11 @@ def test_llm_morph_without_its_llm_is_one_line_naming_the_fetch_and_network_off(
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "does not exist" in err and "llm.fetch" in err and "--network off" in err, err
     assert not (tmp_path / "out").exists()
+    # the other commands that build the network say the same in one line (no --network off there)
+    for args in (["export", "--bundle", str(ROOT / "bundles" / "llm_morph"), "--checkpoint", str(weights), "--output",
+                  str(tmp_path / "net.ts")],
+                 ["ship-weights", "--bundle", str(ROOT / "bundles" / "llm_morph"), "--checkpoint", str(weights)]):
+        code, err = run_main(args, capsys)
+        assert code == 2 and len(err.splitlines()) == 1, (args, err)
+        assert "does not exist" in err and "llm.fetch" in err, (args, err)
+    assert not (tmp_path / "net.ts").exists()

@@ -171,7 +171,7 @@ class Registrar:
         :func:`~monai_moe_reg.bundles.default_weights`) when it exists and otherwise registers without the network (logged);
         ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
         bundle's ``registration`` section (e.g. ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
-        from monai_moe_reg.bundles import bundle_config, default_weights, load_network_weights
+        from monai_moe_reg.bundles import build_network, bundle_config, default_weights, load_network_weights
 
         if network not in NETWORK_MODES:
             raise ValueError(f"network must be one of {NETWORK_MODES}, got {network!r}.")
@@ -191,7 +191,7 @@ class Registrar:
         if network != "off":
             path = Path(checkpoint) if checkpoint else Path(default_weights(parser["bundle_root"]))
             if path.is_file() or checkpoint or network == "on":
-                net = _build_network(parser)
+                net = build_network(parser, " (or register without the network: --network off)")
                 load_network_weights(net, path, bundle)
             else:
                 logger.warning("no trained weights at %s: registering with the affine stage and instance optimisation "
@@ -418,20 +418,6 @@ class Registrar:
             for name, text in (extra_files or {}).items():
                 (stage / name).write_text(text)
         return final
-
-
-def _build_network(parser) -> nn.Module:
-    """The bundle's ``network_def``; when building it fails for a reason the user can fix (a missing file such as
-    LLM-Morph's LLM, a bad value), that reason is raised, not MONAI's generic "failed to instantiate" wrapper."""
-    try:
-        return parser.get_parsed_content("network_def")
-    except RuntimeError as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, (OSError, ValueError)):
-            cause = cause.__cause__
-        if cause is None:
-            raise
-        raise type(cause)(f"{cause} (or register without the network: --network off)") from err
 
 
 def _warp_label(label: torch.Tensor, matrix: torch.Tensor, shape, ddf: torch.Tensor | None) -> torch.Tensor:
