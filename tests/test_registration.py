@@ -12,7 +12,7 @@ import torch
 from monai.data import MetaTensor
 
 from monai_moe_reg.apps.affine import affine_register
-from monai_moe_reg.apps.deformable import optimise_pyramid
+from monai_moe_reg.apps.deformable import compose, optimise_pyramid
 from monai_moe_reg.apps.registration import Registrar
 from monai_moe_reg.apps.spatial import Grid, resample_field, warp_through
 from monai_moe_reg.data import synthetic_pair
@@ -104,8 +104,6 @@ def test_total_field_regularisation_smooths_a_rough_initial_field_and_residual_r
         w, w_grid, _ = optimise_pyramid(image, grid, image, grid, torch.eye(4, dtype=torch.float64),
                                         NoSimilarity(), lambda_reg=1.0, levels=(1,), steps=40, lr=0.3,
                                         initial=(rough, grid), regularise=mode, patience=100)
-        from monai_moe_reg.apps.deformable import compose
-
         roughness[mode] = float(DiffusionLoss()(compose(resample_field(w, w_grid, grid), rough)))
     start = float(DiffusionLoss()(rough))
     assert roughness["total"] < 0.5 * start, (start, roughness)
