@@ -85,3 +85,85 @@ def test_similarity_choices():
     assert lncc(torch.rand(1, 1, 12, 12, 12), torch.rand(1, 1, 12, 12, 12)).ndim == 0
     with pytest.raises(ValueError, match="similarity"):
         make_similarity("ssd")
+
+
+def test_gradient_loss_penalises_a_checkerboard_that_diffusion_loss_misses():
+    """A +-0.5 voxel checkerboard displacement: MONAI's central-difference ``DiffusionLoss`` is exactly 0, the
+    forward-difference gradient loss is |1|^2 per axis (l2) or |1| (l1) on the oscillating component."""
+    from monai.losses import DiffusionLoss
+
+    from monai_moe_reg.losses import GradientLoss
+
+    i, j, k = torch.meshgrid(*[torch.arange(12)] * 3, indexing="ij")
+    board = 0.5 * (-1.0) ** (i + j + k).float()
+    ddf = torch.stack([board, torch.zeros_like(board), torch.zeros_like(board)])[None]
+    assert float(DiffusionLoss()(ddf)) == pytest.approx(0.0, abs=1e-12)
+    # component 0 differs by 1 between neighbours along every axis: mean over 3 components = 1/3 per axis
+    assert float(GradientLoss("l2")(ddf)) == pytest.approx(1.0 / 3.0)
+    assert float(GradientLoss("l1")(ddf)) == pytest.approx(1.0 / 3.0)
+
+
+def test_gradient_loss_equals_the_forward_difference_value_on_analytic_fields():
+    """``u_c = a * x_c`` (each component a ramp along its own axis): every forward difference of component d along
+    axis d is a, all others 0, so Grad('l2') = a^2 / 3 and Grad('l1') = |a| / 3; a quadratic ``u_0 = x_0^2`` has
+    forward differences 2x + 1. On a smooth field DiffusionLoss (axes summed, central differences) is ~3x."""
+    from monai.losses import DiffusionLoss
+
+    from monai_moe_reg.losses import GradientLoss
+
+    n, a = 10, 0.3
+    axes = torch.meshgrid(*[torch.arange(n, dtype=torch.float64)] * 3, indexing="ij")
+    ramp = torch.stack([a * x for x in axes])[None]
+    assert float(GradientLoss("l2")(ramp)) == pytest.approx(a * a / 3)
+    assert float(GradientLoss("l1")(-ramp)) == pytest.approx(a / 3)
+    quad = torch.zeros(1, 3, n, n, n, dtype=torch.float64)
+    quad[:, 0] = axes[0] ** 2
+    x = torch.arange(n - 1, dtype=torch.float64)
+    expected = float(((2 * x + 1) ** 2).mean()) / 3 / 3  # mean over the 3 components, then over the 3 axes
+    assert float(GradientLoss()(quad)) == pytest.approx(expected)
+    smooth = torch.stack([torch.sin(x / 6.0) for x in axes])[None]
+    ratio = float(DiffusionLoss()(smooth)) / float(GradientLoss()(smooth))
+    assert 2.5 < ratio < 3.1, ratio
+
+
+def test_gradient_loss_reductions_and_bad_input():
+    from monai_moe_reg.losses import GradientLoss, make_regulariser
+
+    ddf = torch.randn(2, 2, 6, 7)
+    per_item = GradientLoss(reduction="none")(ddf)
+    assert per_item.shape == (2,)
+    assert float(GradientLoss(reduction="sum")(ddf)) == pytest.approx(float(per_item.sum()))
+    assert float(GradientLoss()(ddf)) == pytest.approx(float(per_item.mean()))
+    with pytest.raises(ValueError, match="displacement field"):
+        GradientLoss()(torch.randn(1, 3, 6, 6))
+    with pytest.raises(ValueError, match="at least 2 voxels"):
+        GradientLoss()(torch.randn(1, 2, 1, 6))
+    with pytest.raises(ValueError, match="penalty"):
+        GradientLoss("l3")
+    with pytest.raises(ValueError, match="regulariser must be one of"):
+        make_regulariser("grad")
+
+
+def test_both_networks_losses_regularise_with_the_papers_gradient_loss_and_lambda():
+    """The recipes' lambda are the papers' numbers, and both objectives use the forward-difference gradient loss by
+    default (MONAI's DiffusionLoss only when asked for)."""
+    import json
+    from pathlib import Path
+
+    from monai.losses import DiffusionLoss
+
+    from monai_moe_reg.losses import GradientLoss, LLMMorphLoss
+
+    assert isinstance(SHMoARegLoss().regulariser, GradientLoss)
+    assert isinstance(LLMMorphLoss().regulariser, GradientLoss)
+    assert isinstance(SHMoARegLoss(regulariser="diffusion").regulariser, DiffusionLoss)
+    root = Path(__file__).resolve().parents[1] / "bundles"
+    lam = {
+        "shmoareg/train": json.loads((root / "shmoareg/configs/train.json").read_text())["loss"]["lambda_reg"],
+        "shmoareg/oasis": json.loads((root / "shmoareg/configs/recipes/oasis.json").read_text())["loss#lambda_reg"],
+        "shmoareg/btcv": json.loads((root / "shmoareg/configs/recipes/btcv.json").read_text())["loss#lambda_reg"],
+        "llm_morph/train": json.loads((root / "llm_morph/configs/train.json").read_text())["loss"]["lambda_reg"],
+    }
+    assert lam == {"shmoareg/train": 0.01, "shmoareg/oasis": 0.01, "shmoareg/btcv": 0.1, "llm_morph/train": 0.1}
+    for cfg in ("shmoareg/configs/train.json", "llm_morph/configs/train.json"):
+        assert "regulariser" not in json.loads((root / cfg).read_text())["loss"]  # the default: GradientLoss

@@ -80,3 +80,26 @@ def test_folding_percentage_and_sdlogj():
     assert sd_log_jacobian(ddf).item() > 1.0
     with pytest.raises(ValueError, match="DDF"):
         jacobian_determinant(torch.zeros(1, 3, 4, 4))
+
+
+def test_counted_dice_and_boxed_surface_distances_match_monai_on_many_labels():
+    """The histogram Dice and the bounding-box surface distances equal MONAI's whole-volume computations (labels
+    absent from one map or from both included)."""
+    from monai.metrics import compute_dice
+
+    from monai_moe_reg.metrics.overlap import label_channels, surface_distances_mm
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 9, (2, 1, 6, 6, 6), generator=g).repeat_interleave(3, 2).repeat_interleave(3, 3)
+    target = target.repeat_interleave(3, 4)
+    pred = torch.roll(target, 2, dims=2)
+    pred[pred == 5] = 0  # label 5 absent from pred
+    labels = [1, 2, 3, 4, 5, 6, 7, 8, 40]  # 40 absent from both
+    p, t, _ = label_channels(pred, target, labels)
+    expected = compute_dice(p, t, include_background=True, ignore_empty=True)
+    assert torch.allclose(dice_per_label(pred, target, labels), expected, equal_nan=True)
+    hd, assd = surface_distances_mm(pred, target, labels, spacing=(1.0, 2.0, 1.5))
+    ref_hd, ref_assd = hd95_mm(pred, target, labels, (1.0, 2.0, 1.5)), assd_mm(pred, target, labels, (1.0, 2.0, 1.5))
+    finite = torch.isfinite(ref_hd)
+    assert torch.allclose(hd[finite], ref_hd.double()[finite]) and torch.allclose(assd[finite], ref_assd.double()[finite])
+    assert torch.isinf(hd[:, 4]).all() and torch.isnan(hd[:, 8]).all()

@@ -2,7 +2,7 @@
 
 Coarse to fine, the fixed image and the field are taken to each level together (fixed: block average; moving:
 block average on its own grid, sampled through the affine); at every level Adam fits a field ``v`` on that grid,
-box-filtered, under ``similarity(warped, fixed) + lambda_reg * DiffusionLoss``, and hands it upsampled to the next
+box-filtered, under ``similarity(warped, fixed) + lambda_reg * Grad`` (the papers' forward-difference gradient loss), and hands it upsampled to the next
 level. ``v`` is the residual displacement itself, or, with ``diffeomorphic=True``, a stationary velocity integrated
 by MONAI's :class:`~monai.networks.blocks.DVF2DDF` (scaling and squaring), so the residual cannot fold. The
 residual ``w`` is composed with the initial DDF ``u0`` (the network's, in the affine-aligned frame) as
@@ -18,7 +18,6 @@ import sys
 from collections.abc import Sequence
 
 import torch
-from monai.losses import DiffusionLoss
 from monai.networks.blocks import DVF2DDF, Warp
 from torch import nn
 from tqdm import tqdm
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from monai_moe_reg.apps.affine import adam_step
 from monai_moe_reg.apps.spatial import Grid, level_factors, pool_to, resample_field, warp_through
 from monai_moe_reg.engines.instance_optimisation import _smooth
+from monai_moe_reg.losses.gradient import make_regulariser
 
 __all__ = ["optimise_pyramid", "compose", "REGULARISE"]
 
@@ -60,6 +60,7 @@ def optimise_pyramid(
     regularise: str = "residual",
     tol: float = 1e-4,
     patience: int = 10,
+    regulariser: str = "gradient",
     progress: bool = False,
 ) -> tuple[torch.Tensor, Grid, dict]:
     """Fit the deformable part of a registration on image pyramids.
@@ -69,8 +70,8 @@ def optimise_pyramid(
         fixed_grid, moving_grid: their grids.
         transform: ``(4, 4)`` fixed-world -> moving-world affine (identity when there is no affine stage).
         similarity: ``(warped, fixed) -> scalar`` loss.
-        lambda_reg: weight of MONAI's ``DiffusionLoss`` on the displacement (level voxels; see ``regularise``); one
-            number, or one per level.
+        lambda_reg: weight of the regulariser on the displacement (level voxels; see ``regularise``); one number,
+            or one per level.
         levels: coarsening of each level in multiples of the fixed image's finest spacing, coarse to fine (1 = the
             fixed grid itself).
         steps: the most Adam steps per level (one number, or one per level).
@@ -79,10 +80,12 @@ def optimise_pyramid(
         diffeomorphic: optimise a stationary velocity integrated with ``DVF2DDF``.
         integration_steps: scaling-and-squaring steps.
         initial: optional ``(u0, grid)``: a DDF in voxels of ``grid`` (a coarsening of ``fixed_grid``) to refine.
-        regularise: what ``DiffusionLoss`` acts on: ``"residual"`` (``w``, the change made here) or ``"total"``
+        regularise: what the regulariser acts on: ``"residual"`` (``w``, the change made here) or ``"total"``
             (the composed ``u = w + u0 o (id + w)``, so a rough initial field is smoothed too; same as
             ``"residual"`` without ``initial``).
         tol, patience: early stop of a level (see :func:`monai_moe_reg.apps.affine.affine_register`).
+        regulariser: ``"gradient"`` (the papers' forward-difference ``Grad('l2')``, default), ``"gradient_l1"`` or
+            ``"diffusion"`` (MONAI's ``DiffusionLoss``), see :func:`~monai_moe_reg.losses.make_regulariser`.
         progress: show a progress bar per level.
 
     Returns:
@@ -103,7 +106,7 @@ def optimise_pyramid(
         raise ValueError(f"instance optimisation: regularise must be one of {REGULARISE}, got {regularise!r}.")
     device = fixed.device
     integrate = DVF2DDF(num_steps=integration_steps) if diffeomorphic else None
-    reg = DiffusionLoss()
+    reg = make_regulariser(regulariser)
     base = min(fixed_grid.spacing)
     field, grid = None, None
     info: dict = {"steps": [], "loss": []}

@@ -3,7 +3,7 @@
 
 ``optimise_field`` is the usual meaning of instance optimisation in learned registration (as in the Learn2Reg
 challenge entries): the network's DDF is the initial value of a field that Adam then fits to this one pair under an
-image similarity plus MONAI's ``DiffusionLoss``. The field is kept on a grid ``coarsen`` times coarser than the
+image similarity plus the papers' gradient loss. The field is kept on a grid ``coarsen`` times coarser than the
 fixed image, box-filtered and upsampled linearly (cheap smoothness priors, as in ConvexAdam's Adam stage). Neither MONAI nor the two papers provide it, so it is
 written here.
 """
@@ -14,11 +14,11 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiffusionLoss
 from monai.networks.blocks import Warp
 from torch import nn
 from tqdm import tqdm
 
+from monai_moe_reg.losses.gradient import make_regulariser
 from monai_moe_reg.networks.blocks.flow import upsample_ddf
 
 __all__ = ["optimise_field"]
@@ -35,6 +35,7 @@ def optimise_field(
     coarsen: int = 2,
     smoothing: int = 3,
     progress: bool = True,
+    regulariser: str = "gradient",
 ) -> torch.Tensor:
     """Refine a DDF on one pair.
 
@@ -46,12 +47,13 @@ def optimise_field(
             modalities).
         steps: Adam steps.
         lr: Adam learning rate, in voxels of the coarse grid.
-        lambda_reg: weight of MONAI's ``DiffusionLoss`` on the coarse field.
+        lambda_reg: weight of the regulariser on the coarse field.
         coarsen: the field is optimised on a grid ``coarsen`` times coarser per axis (1 = the fixed grid).
         smoothing: passes of a 3-wide box filter applied to the field before use (0 = none). Adam scales every
             component's step to about ``lr`` whatever its gradient, so components with only rounding-noise gradients
             (flat background) would wander; the filter keeps the used field smooth.
         progress: show a progress bar.
+        regulariser: see :func:`~monai_moe_reg.losses.make_regulariser` (``"diffusion"``: MONAI's ``DiffusionLoss``).
 
     Returns:
         the refined DDF ``(1, D, *S)`` (detached).
@@ -71,7 +73,7 @@ def optimise_field(
     with torch.no_grad():  # resize to the coarse grid, vectors rescaled per axis
         field = nn.Parameter(upsample_ddf(ddf.float(), coarse))
     opt = torch.optim.Adam([field], lr=lr)
-    warp, reg = Warp(mode="bilinear", padding_mode="border"), DiffusionLoss()
+    warp, reg = Warp(mode="bilinear", padding_mode="border"), make_regulariser(regulariser)
     moving, fixed = moving.float().detach(), fixed.float().detach()
     bar = tqdm(range(steps), desc="instance optimisation (field)", file=sys.stdout, disable=not progress)
     for _ in bar:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from monai.losses import DiffusionLoss, GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
+from monai.losses import GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
 from torch import nn
 
+from monai_moe_reg.losses.gradient import make_regulariser
 from monai_moe_reg.losses.label_dice import WarpedLabelDice, to_one_hot_labels
 from monai_moe_reg.losses.mind_ssc import MINDSSCLoss
 
@@ -19,7 +20,9 @@ class LLMMorphLoss(nn.Module):
     """``Dice(S_m o phi, S_f) + lambda_reg * L2grad(phi) [+ lambda_image * sim(I_m o phi, I_f)]``.
 
     The labels are warped with linear interpolation of their one-hot channels (differentiable) and compared with
-    MONAI's :class:`DiceLoss` (background excluded). ``L2grad`` is MONAI's :class:`DiffusionLoss` (paper lambda 0.1).
+    MONAI's :class:`DiceLoss` (background excluded). ``L2grad`` is the papers' gradient loss
+    (:class:`~monai_moe_reg.losses.GradientLoss`, forward differences, paper lambda 0.1); ``regulariser`` selects
+    another (``"gradient_l1"``, MONAI's ``"diffusion"``, or a module).
     For unsupervised multimodal training set ``image_similarity`` to ``"mi"`` (MONAI
     :class:`GlobalMutualInformationLoss`), ``"mind"`` (:class:`MINDSSCLoss`) or ``"lncc"``, and ``lambda_label=0``
     if no labels are used.
@@ -36,13 +39,14 @@ class LLMMorphLoss(nn.Module):
         lambda_label: float = 1.0,
         image_similarity: str | None = None,
         lambda_image: float = 1.0,
+        regulariser: str | nn.Module = "gradient",
     ) -> None:
         super().__init__()
         if image_similarity not in (None,) + IMAGE_SIMILARITIES:
             raise ValueError(f"image_similarity must be None or one of {IMAGE_SIMILARITIES}, got {image_similarity!r}.")
         self.num_classes = num_classes
         self.label_dice = WarpedLabelDice(num_classes)
-        self.regulariser = DiffusionLoss()
+        self.regulariser = make_regulariser(regulariser)
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
         self.image_loss = {
             None: None,

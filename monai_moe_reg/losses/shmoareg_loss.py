@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
 from torch import nn
 
+from monai_moe_reg.losses.gradient import make_regulariser
 from monai_moe_reg.losses.label_dice import WarpedLabelDice
 from monai_moe_reg.losses.routing_classification import RoutingClassificationLoss
 
@@ -30,7 +31,9 @@ class SHMoARegLoss(nn.Module):
     """``lambda_sim L_sim(I_w, I_f) + lambda_reg L_reg(phi) + lambda_rc L_rc(T, Y) + lambda_balance L_bal + lambda_z L_z
     [+ lambda_label Dice(S_w, S_f)]``.
 
-    ``L_reg`` is MONAI's :class:`~monai.losses.DiffusionLoss` (mean squared spatial gradient of the DDF), ``L_rc``
+    ``L_reg`` is the papers' gradient loss (:class:`~monai_moe_reg.losses.GradientLoss`: forward differences,
+    squared, averaged over voxels and axes, VoxelMorph's ``Grad('l2')``; ``regulariser="diffusion"`` selects MONAI's
+    ``DiffusionLoss``, about 3x larger for the same lambda and blind to checkerboards), ``L_rc``
     the :class:`RoutingClassificationLoss`, and ``L_bal``/``L_z`` the MoA load-balance and router z-losses; the last
     three come from the network's auxiliary outputs (``ddf, aux = net(x, return_aux=True)``). Paper weights: ``lambda_reg`` 0.01 (brain MR) / 0.1 (abdominal CT),
     ``lambda_rc`` 0.001. The paper gives no MoA weights; the MoA reference uses 0.01 and 0.001 next to a language
@@ -50,6 +53,8 @@ class SHMoARegLoss(nn.Module):
         lambda_label: weight of the Dice between warped moving and fixed labels (:class:`WarpedLabelDice`; not in
             the paper: SynthMorph-style training, ``configs/train_synth.json``).
         num_classes: label values ``0..num_classes-1`` of integer label maps for ``lambda_label``.
+        regulariser: ``"gradient"`` (default), ``"gradient_l1"``, ``"diffusion"`` or a module ``ddf -> scalar``
+            (:func:`~monai_moe_reg.losses.make_regulariser`).
 
     ``forward(moving, fixed, ddf, aux)`` returns a dict of scalar tensors ``loss`` (the total), ``sim``, ``reg``,
     ``rc``, ``balance``, ``z``; ``aux`` is what :class:`SHMoAReg` returned with ``ddf`` (``None`` for a network
@@ -69,12 +74,13 @@ class SHMoARegLoss(nn.Module):
         lambda_sim: float = 1.0,
         lambda_label: float = 0.0,
         num_classes: int | None = None,
+        regulariser: str | nn.Module = "gradient",
     ) -> None:
         super().__init__()
         self.similarity = make_similarity(similarity, spatial_dims)
         self.label_dice = WarpedLabelDice(num_classes)
         self.lambda_sim, self.lambda_label = float(lambda_sim), float(lambda_label)
-        self.regulariser = DiffusionLoss()
+        self.regulariser = make_regulariser(regulariser)
         self.rc = RoutingClassificationLoss()
         self.warp = Warp(mode="bilinear", padding_mode="border")
         self.weights = {"reg": lambda_reg, "rc": lambda_rc, "balance": lambda_balance, "z": lambda_z}

@@ -21,6 +21,14 @@ def label_channels(
         pred, target: integer label maps ``(B, 1, *S)`` of the same shape.
         labels: label ids to evaluate; default every non-zero id present in ``target`` or ``pred``.
     """
+    labels = _label_ids(pred, target, labels)
+    p = torch.cat([(pred == v) for v in labels], dim=1).float()
+    t = torch.cat([(target == v) for v in labels], dim=1).float()
+    return p, t, labels
+
+
+def _label_ids(pred: torch.Tensor, target: torch.Tensor, labels: Sequence[int] | None) -> list[int]:
+    """The label ids to evaluate (see :func:`label_channels`), after checking the two maps' shapes."""
     if pred.shape != target.shape or pred.ndim < 3 or pred.shape[1] != 1:
         raise ValueError(
             f"expected two label maps shaped (B, 1, *S) of the same shape, got {tuple(pred.shape)} and "
@@ -31,15 +39,25 @@ def label_channels(
     labels = [int(v) for v in labels]
     if not labels:
         raise ValueError("no foreground label to evaluate: both label maps are empty (all zeros).")
-    p = torch.cat([(pred == v) for v in labels], dim=1).float()
-    t = torch.cat([(target == v) for v in labels], dim=1).float()
-    return p, t, labels
+    return labels
 
 
 def dice_per_label(pred: torch.Tensor, target: torch.Tensor, labels: Sequence[int] | None = None) -> torch.Tensor:
-    """Dice ``2|P n T| / (|P| + |T|)`` per label: ``(B, L)``; NaN where the label is absent from both maps."""
-    p, t, _ = label_channels(pred, target, labels)
-    return compute_dice(p, t, include_background=True, ignore_empty=True)
+    """Dice ``2|P n T| / (|P| + |T|)`` per label: ``(B, L)`` float32; NaN where the label is absent from the target
+    (MONAI ``compute_dice(..., ignore_empty=True)``). Counted with one histogram per map instead of one binary
+    volume per label, so 148 labels cost about as much as one."""
+    labels = _label_ids(pred, target, labels)
+    out = torch.full((pred.shape[0], len(labels)), float("nan"), dtype=torch.float32)
+    ids = torch.tensor(labels, dtype=torch.long)
+    for b in range(pred.shape[0]):
+        p = pred[b].flatten().round().long().clamp_min(0).cpu()  # ids < 0 are not labels: count them as background
+        t = target[b].flatten().round().long().clamp_min(0).cpu()
+        size = int(max(int(ids.max()), int(p.max()), int(t.max()))) + 1
+        inter = torch.bincount(t[p == t], minlength=size)[ids].double()
+        p_n, t_n = torch.bincount(p, minlength=size)[ids].double(), torch.bincount(t, minlength=size)[ids].double()
+        dice = 2 * inter / (p_n + t_n).clamp_min(1)
+        out[b] = torch.where(t_n > 0, dice, torch.full_like(dice, float("nan"))).float()
+    return out
 
 
 def _spacing(spacing: Sequence[float] | float | None, dims: int) -> list[float]:
@@ -89,34 +107,39 @@ def surface_distances_mm(
     spacing: Sequence[float] | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`hd95_mm` and :func:`assd_mm` at once, ``(B, L)`` each, from one pair of distance transforms per label
-    computed on the labels' bounding box only (same definitions as MONAI: surface = mask minus its erosion; HD95 =
-    the larger of the two directed 95th percentiles). Several times faster on full-size scans, where the two MONAI
-    calls each transform the whole volume."""
-    from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+    computed on the label's bounding box only (same definitions as MONAI: surface = mask minus its erosion; HD95 =
+    the larger of the two directed 95th percentiles). The boxes come from one ``scipy.ndimage.find_objects`` pass
+    per map, so nothing per label touches the whole volume: many times faster than the two MONAI calls on full-size
+    scans with many labels."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt, find_objects, generate_binary_structure
 
-    p, t, labels = label_channels(pred, target, labels)
-    dims = p.ndim - 2
+    labels = _label_ids(pred, target, labels)
+    dims = pred.ndim - 2
     sp = _spacing(spacing, dims)
-    hd = torch.full(p.shape[:2], float("nan"), dtype=torch.float64)
+    hd = torch.full((pred.shape[0], len(labels)), float("nan"), dtype=torch.float64)
     assd = hd.clone()
     struct = generate_binary_structure(dims, 1)
 
     def directed(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # distances (mm) of the surface a to the surface b
         return distance_transform_edt(~b, sampling=sp)[a]
 
+    def box(boxes: list, v: int):
+        return boxes[v - 1] if 0 < v <= len(boxes) else None
+
     # scipy's distance transform releases the GIL: the two directions run in parallel
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for b in range(p.shape[0]):
-            for c in range(p.shape[1]):
-                pm, tm = p[b, c].numpy() > 0, t[b, c].numpy() > 0
-                if not pm.any() or not tm.any():
-                    if pm.any() != tm.any():
+        for b in range(pred.shape[0]):
+            pa = pred[b, 0].round().long().clamp_min(0).cpu().numpy()
+            ta = target[b, 0].round().long().clamp_min(0).cpu().numpy()
+            boxes_p, boxes_t = find_objects(pa), find_objects(ta)
+            for c, v in enumerate(labels):
+                bp, bt = box(boxes_p, v), box(boxes_t, v)
+                if bp is None or bt is None:
+                    if (bp is None) != (bt is None):
                         hd[b, c] = assd[b, c] = float("inf")
                     continue
-                box = np.argwhere(pm | tm)
-                lo, hi = np.maximum(box.min(0) - 2, 0), box.max(0) + 3
-                crop = tuple(slice(int(a), int(z)) for a, z in zip(lo, hi))
-                pm, tm = np.pad(pm[crop], 1), np.pad(tm[crop], 1)  # a margin so that masks touching the box edge erode
+                crop = tuple(slice(max(min(x.start, y.start) - 2, 0), max(x.stop, y.stop) + 2) for x, y in zip(bp, bt))
+                pm, tm = np.pad(pa[crop] == v, 1), np.pad(ta[crop] == v, 1)  # a margin: masks at the box edge erode
                 pe = pm ^ binary_erosion(pm, struct)
                 te = tm ^ binary_erosion(tm, struct)
                 d_pt, d_tp = pool.submit(directed, pe, te), pool.submit(directed, te, pe)
