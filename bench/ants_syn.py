@@ -1,12 +1,14 @@
 """ANTs SyN reference for bench/register_real.py, run by the Python of its own virtual environment (antspyx needs
 numpy < 2.4, so it cannot share ours; see README, "Benchmarks"):
 
-    .venv-ants/bin/python bench/ants_syn.py FIXED MOVING MOVING_LABEL OUT_DIR [--transform SyNOnly]
+    .venv-ants/bin/python bench/ants_syn.py FIXED MOVING MOVING_LABEL OUT_DIR [--transform SyN|SyNOnly]
     .venv-ants/bin/python bench/ants_syn.py --apply FIXED MOVING TRANSFORM OUT_IMAGE
 
-The first form registers (as a new user would: ``ants.registration`` with default settings), warps the moving scan
-and its labels onto the fixed grid and writes ``warped_image``, ``warped_label``, ``warp`` (the forward
-displacement field, LPS mm) and ``seconds.json`` (registration alone, and the whole script after imports). The
+The first form registers (as a new user would: ``ants.registration`` with default settings, ``type_of_transform``
+``"SyN"``: affine then SyN), warps the moving scan and its labels onto the fixed grid and writes ``warped_image``,
+``warped_label``, ``warp`` (SyN's deformable displacement field on the fixed grid, LPS mm; the affine is applied
+after it, so the Jacobian determinant of the whole map is det(A) times the warp's) and ``seconds.json``
+(registration alone, the whole script after imports, the affine parameters). The
 second form applies a transform file written by ``monai-moe-reg register`` (``transform.h5``) to the original
 moving scan, to check that ANTs reads it as we mean it.
 """
@@ -30,7 +32,7 @@ def main(argv: list[str]) -> None:
         ants.image_write(warped, out)
         return
     fixed_path, moving_path, label_path, out_dir = argv[:4]
-    kind = argv[argv.index("--transform") + 1] if "--transform" in argv else "SyNOnly"
+    kind = argv[argv.index("--transform") + 1] if "--transform" in argv else "SyN"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fixed, moving = ants.image_read(fixed_path), ants.image_read(moving_path)

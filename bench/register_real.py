@@ -1,18 +1,19 @@
-"""Register real brain pairs at full resolution, side by side: no registration, ANTs SyN, elastix B-spline, and
-``monai-moe-reg register`` (network only, the default pipeline and its options), in one run on one machine.
+"""``monai-moe-reg register`` against ANTs SyN on the recorded validation (or tuning) pairs of real brains, side by
+side in one run, each method run as its users run it: a fresh process with its defaults and its own preprocessing.
 
-    python bench/register_real.py --data ../shared/data [--checkpoint model.pt] [--ants-python .venv-ants/bin/python]
-                                  [--device cpu] [--out bench/results/register_real.md]
+    python bench/register_real.py --data ../shared/data [--role validation] [--datasets ixi fs1mm]
+                                  [--ants-python .venv-ants/bin/python] [--out bench/results/register_real.md]
 
-Pairs: every real inter-subject brain pair of the data folder with one label set at its own 1 mm resolution,
-both directions (``brain3/image_A`` <-> ``image_B``, 160x192x144, labels 1 and 2; ``brain/subject_a`` has no second
-subject with its FreeSurfer labels). Every method gets the original files; ours are run as the command a user types
-(``monai-moe-reg register ...``, a fresh process), ANTs as a fresh process of its own virtual environment
-(``bench/ants_syn.py``), so the seconds are whole commands: start-up, reading, registering, writing. elastix runs in
-this process (``bench/elastix_reference.py``); its seconds are the registration alone. All rows are scored by the
-same code: Dice and HD95 (mm) over the fixed labels, %|J|<=0 and SD log J of the displacement field.
+Pairs: ``bench/splits.json`` (``bench/splits.py``): IXI validation pairs (2 mm, skull on, native space, 148 DLMUSE
+labels) and the FreeSurfer brains at 1 mm (256^3, the 30 labels of ``brain/eval_labels.json``, validation only).
+No default of ``register`` was chosen on these pairs (``bench/tune_register.py`` chose them on the tuning pairs).
 
-Also checked: ANTs applying our ``transform.h5`` to the original moving scan reproduces our warped image.
+Ours runs as the atlas-use command a user types (``monai-moe-reg register --fixed F --moving M --moving-label ML
+--output O``: no fixed label, so no metrics inside the command); ANTs as a fresh process of its own virtual
+environment (``bench/ants_syn.py``: ``ants.registration(type_of_transform="SyN")``, affine then SyN, defaults). The
+seconds are whole commands: start-up, reading, registering, writing. Both are scored afterwards by the same code
+(``bench/scoring.py``). Also checked: ANTs applying our ``transform.h5`` to the original moving scan reproduces our
+warped image (correlation).
 """
 
 from __future__ import annotations
@@ -28,64 +29,33 @@ import time
 from pathlib import Path
 
 from report import RESULTS, emit_table  # bench/report.py (scripts run as python bench/<name>.py)
+from scoring import fixed_label_on_grid, grid_of, lps_field_to_ddf, read_ddf, read_label, score, summary
+from splits import eval_labels, pairs as split_pairs
 
 import nibabel as nib
 import numpy as np
 import torch
 
 from monai_moe_reg.apps.registration import _warp_label, load_scan
-from monai_moe_reg.apps.spatial import Grid
-from monai_moe_reg.metrics.registration import registration_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pairs(data: Path) -> list[dict]:
-    folder = data / "brain3"
-    files = {k: folder / f"image_{k}.nii.gz" for k in "AB"}
-    labels = {k: folder / f"image_{k}_seg.nii.gz" for k in "AB"}
-    for p in [*files.values(), *labels.values()]:
-        if not p.is_file():
-            raise FileNotFoundError(f"'{p}' is missing: pass the data folder of ../shared/data/README.md as --data.")
-    return [{"name": f"brain3 {m}->{f}", "moving": str(files[m]), "fixed": str(files[f]), "moving_label": str(labels[m]),
-             "fixed_label": str(labels[f])} for m, f in (("A", "B"), ("B", "A"))]
-
-
-def _grid(img) -> Grid:
-    return Grid(tuple(img.shape[1:]), torch.as_tensor(np.asarray(img.affine), dtype=torch.float64))
-
-
-def _score(pair: dict, warped_label: torch.Tensor, ddf: torch.Tensor) -> dict:
-    """Our metrics of a warped label ``(1, *S)`` on the fixed grid and a DDF ``(3, *S)`` in fixed voxels."""
-    fixed = load_scan(pair["fixed"], "fixed")
-    lab = load_scan(pair["fixed_label"], "fixed label", label=True)
-    grid = _grid(fixed)
-    fixed_lab = _warp_label(lab, torch.linalg.inv(_grid(lab).affine) @ grid.affine, grid.shape, None)
-    return registration_metrics(ddf[None], warped_label[None].long(), fixed_lab[None], grid.spacing, labels=[1, 2])[0]
-
-
-def _lps_field_to_ddf(path: Path, fixed_affine: np.ndarray) -> torch.Tensor:
-    """An ITK/ANTs displacement field NIfTI (LPS mm, ``(X, Y, Z, 1, 3)``) as a DDF in voxels of the fixed grid."""
-    field = np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)[:, :, :, 0, :]  # (X, Y, Z, 3) LPS mm
-    step = np.diag([-1.0, -1.0, 1.0]) @ fixed_affine[:3, :3]
-    vox = np.einsum("ij,...j->...i", np.linalg.inv(step), field)
-    return torch.from_numpy(np.moveaxis(vox, -1, 0).copy()).float()
-
-
-def run_ours(pair: dict, out: Path, extra: list[str]) -> tuple[dict, float, Path]:
+def run_ours(pair: dict, out: Path, extra: list[str], labels: list[int] | None, gt: torch.Tensor) -> tuple[dict, Path]:
     cmd = [sys.executable, "-m", "monai_moe_reg.cli", "register", "--fixed", pair["fixed"], "--moving", pair["moving"],
-           "--fixed-label", pair["fixed_label"], "--moving-label", pair["moving_label"], "--output", str(out), *extra]
+           "--moving-label", pair["moving_label"], "--output", str(out), *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PAGER": "cat"})
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     folder = Path(proc.stdout.strip().splitlines()[-1])
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return metrics, seconds, folder
+    stages = json.loads((folder / "metrics.json").read_text())["seconds"]
+    row = score(pair, read_label(folder / "warped_label.nii.gz"), read_ddf(folder / "ddf.nii.gz"), labels, gt)
+    return {**row, "seconds": seconds, "stages": stages}, folder
 
 
-def run_ants(pair: dict, out: Path, python: str) -> tuple[dict, float, dict]:
+def run_ants(pair: dict, out: Path, python: str, labels: list[int] | None, gt: torch.Tensor) -> dict:
     cmd = [python, str(ROOT / "bench" / "ants_syn.py"), pair["fixed"], pair["moving"], pair["moving_label"], str(out)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -93,28 +63,10 @@ def run_ants(pair: dict, out: Path, python: str) -> tuple[dict, float, dict]:
     if proc.returncode != 0:
         raise RuntimeError(f"ANTs failed:\n{proc.stderr[-2000:]}")
     info = json.loads((out / "seconds.json").read_text())
-    for params in info["affine_parameters"]:  # SyNOnly: the warp is the whole transform when the affine is identity
-        if not np.allclose(params, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0], atol=1e-6):
-            raise RuntimeError(f"ANTs returned a non-identity affine {params}; score the composed field instead.")
     fixed_affine = np.asarray(load_scan(pair["fixed"], "fixed").affine, dtype=np.float64)
-    ddf = _lps_field_to_ddf(out / "warp.nii.gz", fixed_affine)
-    label = torch.from_numpy(np.asarray(nib.load(str(out / "warped_label.nii.gz")).dataobj).astype(np.int64))[None]
-    return _score(pair, label, ddf), seconds, info
-
-
-def run_elastix(pair: dict) -> tuple[dict, float]:
-    from elastix_reference import elastix_bspline
-
-    fixed = load_scan(pair["fixed"], "fixed")
-    moving = load_scan(pair["moving"], "moving")
-    if fixed.shape != moving.shape or not np.allclose(fixed.affine, moving.affine):
-        raise RuntimeError("elastix_bspline expects both scans on one grid (true for brain3).")
-    scale = lambda t: (t - t.min()) / (t.max() - t.min())  # noqa: E731
-    ddf, seconds, _ = elastix_bspline(scale(moving.as_tensor()), scale(fixed.as_tensor()), _grid(fixed).spacing)
-    lab = load_scan(pair["moving_label"], "moving label", label=True)
-    grid = _grid(fixed)
-    warped = _warp_label(lab, torch.linalg.inv(_grid(lab).affine) @ grid.affine, grid.shape, ddf[None])
-    return _score(pair, warped, ddf), seconds
+    ddf = lps_field_to_ddf(out / "warp.nii.gz", fixed_affine)
+    row = score(pair, read_label(out / "warped_label.nii.gz"), ddf, labels, gt)
+    return {**row, "seconds": seconds, "registration_seconds": info["registration"]}
 
 
 def ants_reproduces(pair: dict, folder: Path, python: str) -> float:
@@ -128,80 +80,88 @@ def ants_reproduces(pair: dict, folder: Path, python: str) -> float:
     return float(np.corrcoef(ours, theirs)[0, 1])
 
 
+METHODS = {
+    "ours": ("ours: `monai-moe-reg register` (recommended defaults)", []),
+    "ours_no_network": ("ours: --network off (affine + instance optimisation)", ["--network", "off"]),
+    "ours_network_only": ("ours: network only (--instance-opt false)", ["--instance-opt", "false"]),
+}
+ANTS = "ANTs SyN (antspyx, type_of_transform='SyN', defaults)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="the data folder (../shared/data)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="network weights for the network rows (default: the bundle's, i.e. its shipped weights)")
+    parser.add_argument("--role", default="validation", choices=["validation", "tuning"])
+    parser.add_argument("--datasets", nargs="+", default=["ixi", "fs1mm"], choices=["ixi", "t1_flair", "fs1mm"])
+    parser.add_argument("--methods", nargs="+", default=["ants", *METHODS], choices=["ants", *METHODS])
     parser.add_argument("--bundle", default=str(ROOT / "bundles" / "shmoareg"))
+    parser.add_argument("--checkpoint", default=None, help="network weights (default: the bundle's shipped weights)")
     parser.add_argument("--ants-python", default=str(ROOT / ".venv-ants" / "bin" / "python"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ants", "elastix"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-pairs", type=int, default=None, help="the first N pairs of each dataset")
     parser.add_argument("--out", default=str(RESULTS / "register_real.md"))
     args = parser.parse_args()
-    pairs = _pairs(Path(args.data))
-    use_ants = "ants" not in args.skip
-    if use_ants and not Path(args.ants_python).is_file():
-        raise SystemExit(f"no ANTs Python at {args.ants_python}: see README 'Benchmarks' (or --skip ants).")
-    base = ["--bundle", args.bundle, "--device", args.device]
-    weights = ["--checkpoint", args.checkpoint] if args.checkpoint else []  # default: the bundle's (shipped) weights
-    ours = [
-        ("ours, network only", weights + ["--instance-opt", "false"]),
-        ("ours (default: affine + network + instance optimisation)", weights),
-        ("ours, network + IO regularising the residual only (--io-regularise residual)",
-         weights + ["--io-regularise", "residual"]),
-        ("ours, no network (--network off: affine + IO from the identity)", ["--network", "off"]),
-        ("ours, diffeomorphic IO, no network", ["--network", "off", "--diffeomorphic", "true"]),
-    ]
-    rows: dict[str, list[dict]] = {}
+    data = Path(args.data)
+    if "ants" in args.methods and not Path(args.ants_python).is_file():
+        raise SystemExit(f"no ANTs Python at {args.ants_python}: see README 'Benchmarks' (or leave out ants).")
+    todo = []
+    for dataset in args.datasets:
+        todo += split_pairs(data, args.role, (dataset,))[: args.max_pairs]
+    base = ["--bundle", args.bundle, "--device", args.device] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    rows: dict[str, dict[str, list[dict]]] = {}
     work = Path(tempfile.mkdtemp(prefix="register_real_"))
     checks = []
-    for pair in pairs:
+    for k, pair in enumerate(todo):
         print(f"== {pair['name']}", flush=True)
-        unreg = _score(pair, _warp_label(load_scan(pair["moving_label"], "m", label=True),
-                                         *_identity(pair), None), torch.zeros(3, 2, 2, 2))
-        rows.setdefault("no registration", []).append({**unreg, "seconds": 0.0})
-        if use_ants:
-            m, s, _ = run_ants(pair, work / f"ants_{pair['name'][-4:]}", args.ants_python)
-            rows.setdefault("ANTs SyN (antspyx, SyNOnly, defaults)", []).append({**m, "seconds": s})
-            print(f"ANTs: dice {m['dice']:.4f} in {s:.1f} s", flush=True)
-        if "elastix" not in args.skip:
-            m, s = run_elastix(pair)
-            rows.setdefault("elastix B-spline (itk-elastix defaults, registration only)", []).append({**m, "seconds": s})
-            print(f"elastix: dice {m['dice']:.4f} in {s:.1f} s", flush=True)
-        for i, (name, extra) in enumerate(ours):
-            m, s, folder = run_ours(pair, work / f"ours{i}_{pair['name'][-4:]}", base + extra)
-            rows.setdefault(name, []).append({**m, "seconds": s})
-            print(f"{name}: dice {m['dice']:.4f} in {s:.1f} s", flush=True)
-            if use_ants and "default" in name:
-                checks.append(ants_reproduces(pair, folder, args.ants_python))
+        labels, gt = eval_labels(data, pair["dataset"]), fixed_label_on_grid(pair)
+        per = rows.setdefault(pair["dataset"], {})
+        fixed = load_scan(pair["fixed"], "fixed")
+        lab = load_scan(pair["moving_label"], "moving label", label=True)
+        grid = grid_of(fixed)
+        unreg = _warp_label(lab, torch.linalg.inv(grid_of(lab).affine) @ grid.affine, grid.shape, None)
+        per.setdefault("no registration (headers only)", []).append({**score(pair, unreg, None, labels, gt), "seconds": 0.0})
+        for method in args.methods:
+            if method == "ants":
+                m = run_ants(pair, work / f"ants_{k}", args.ants_python, labels, gt)
+                name = ANTS
+            else:
+                name, extra = METHODS[method]
+                m, folder = run_ours(pair, work / f"{method}_{k}", base + extra, labels, gt)
+                if method == "ours" and "ants" in args.methods and not checks:
+                    checks.append(ants_reproduces(pair, folder, args.ants_python))
+            per.setdefault(name, []).append({**m, "pair": pair["name"]})
+            print(f"{name}: dice {m['dice']:.4f}, SD log J {m['sdlogj']:.3f}, folding {m['folding_percent']:.4f} %, "
+                  f"{m['seconds']:.1f} s", flush=True)
     lines = [
-        f"Real brain pairs at 1 mm (brain3 A<->B, 160x192x144, labels 1-2), {len(pairs)} pairs, "
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {args.device}, "
-        f"{time.strftime('%Y-%m-%d')}. Mean over pairs; seconds = whole command (ours, ANTs) or registration "
-        "(elastix).",
-        "",
-        "| method | Dice | HD95 (mm) | %\\|J\\|<=0 | SD log J | seconds |",
-        "|---|---|---|---|---|---|",
+        f"`monai-moe-reg register` vs ANTs SyN on the {args.role} pairs of bench/splits.json, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}, "
+        f"{time.strftime('%Y-%m-%d')}, one run. Each cell: mean over pairs (min-max); seconds = the whole command in "
+        "a fresh process (start-up, reading, registering, writing); time ratio = per-pair seconds / ANTs' seconds.",
     ]
-    for name, rs in rows.items():
-        mean = {k: float(np.mean([r[k] for r in rs])) for k in ("dice", "hd95_mm", "folding_percent", "sdlogj", "seconds")}
-        lines.append(f"| {name} | {mean['dice']:.4f} | {mean['hd95_mm']:.2f} | {mean['folding_percent']:.4f} | "
-                     f"{mean['sdlogj']:.3f} | {mean['seconds']:.1f} |")
-    lines += ["", "Per pair (Dice / seconds): " + "; ".join(
-        f"{name}: " + ", ".join(f"{r['dice']:.4f}/{r['seconds']:.0f}s" for r in rs) for name, rs in rows.items())]
+    for dataset, per in rows.items():
+        n = len(next(iter(per.values())))
+        lines += ["", f"**{dataset}** ({n} pairs)", "",
+                  "| method | Dice | SD log J | %\\|J\\|<=0 | seconds | time ratio to ANTs |", "|---|---|---|---|---|---|"]
+        ants = per.get(ANTS)
+        for name, rs in per.items():
+            ratio = "" if ants is None or name.startswith("no registration") else summary(
+                [{"r": r["seconds"] / a["seconds"]} for r, a in zip(rs, ants)], "r")
+            lines.append(f"| {name} | {summary(rs, 'dice')} | {summary(rs, 'sdlogj')} | "
+                         f"{summary(rs, 'folding_percent')} | {summary(rs, 'seconds')} | {ratio} |")
+        if ants is not None and METHODS["ours"][0] in per:
+            diff = [o["dice"] - a["dice"] for o, a in zip(per[METHODS["ours"][0]], ants)]
+            lines += ["", f"Dice of the recommended command minus ANTs', per pair: "
+                          f"{', '.join(f'{d:+.3f}' for d in diff)} (mean {np.mean(diff):+.3f})"]
+            stages = [r["stages"] for r in per[METHODS["ours"][0]]]
+            keys = [k for k in stages[0] if k not in ("io_steps", "total")]
+            lines += ["", "Seconds per stage of the recommended command (mean): " + ", ".join(
+                f"{k} {np.mean([s[k] for s in stages]):.1f}" for k in keys) + f"; pipeline total "
+                f"{np.mean([s['total'] for s in stages]):.1f} (the rest of the whole command: start-up and writing)"]
     if checks:
         lines += ["", f"ANTs applying our transform.h5 to the original moving scan vs our warped image: correlation "
                       f"{', '.join(f'{c:.5f}' for c in checks)}"]
     emit_table(lines, args.out)
-    (Path(args.out).with_suffix(".json")).write_text(json.dumps(rows, indent=1))
-
-
-def _identity(pair: dict):
-    fixed = load_scan(pair["fixed"], "fixed")
-    lab = load_scan(pair["moving_label"], "moving label", label=True)
-    grid = _grid(fixed)
-    return torch.linalg.inv(_grid(lab).affine) @ grid.affine, grid.shape
+    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

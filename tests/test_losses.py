@@ -21,6 +21,28 @@ def test_routing_targets_pick_the_expert_that_reduces_the_error():
     assert not valid[:, 1:].any()  # no image gradient along axes 1 and 2: every expert ties, no label
 
 
+
+def test_routing_targets_give_the_zero_expert_to_directions_with_no_motion():
+    """A +1 voxel shift along axis 0 of a smooth random image, experts 0 / +1 / -1 in every direction: axis 0's
+    target is the +1 expert, and the two axes along which nothing moves get the zero expert (the independent
+    per-direction rule gave it them only about half the time, the motion along axis 0 leaking into their
+    residual)."""
+    from monai.networks.layers import GaussianFilter
+
+    img = GaussianFilter(3, 2.0)(torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0)))
+    img = (img - img.min()) / (img.max() - img.min())
+    fixed, warped = img[:, :, 8:24, 8:24, 8:24], img[:, :, 7:23, 8:24, 8:24]
+    experts = torch.zeros(1, 3, 3, 16, 16, 16)
+    experts[:, :, 1], experts[:, :, 2] = 1.0, -1.0
+    targets, valid = routing_targets(warped, fixed, experts)
+    chosen = targets.argmax(2)
+    assert valid.float().mean() > 0.9
+    assert (chosen[:, 0] == 1)[valid[:, 0]].float().mean() > 0.95
+    for axis in (1, 2):
+        assert (chosen[:, axis] == 0)[valid[:, axis]].float().mean() > 0.9
+    flat = torch.ones(1, 1, 16, 16, 16)  # no image gradient at all: nothing to label
+    assert not routing_targets(flat, flat + 0.1, experts)[1].any()
+
 def test_minimising_rc_loss_moves_the_router_toward_the_targets():
     layer = SHMoE(3, in_channels=4, init_std=0.5)
     x = torch.randn(1, 4, 8, 8, 8)
