@@ -1,11 +1,10 @@
 """What the shipped pretrained SHMoAReg weights buy on real brains, side by side in one run (issue 15).
 
     python bench/pretrained.py --data ../shared/data --demo-checkpoint DEMO.pt [--shipped PATH] [--device cpu]
-                               [--io-steps 10] [--out bench/results/pretrained.md]
+                               [--datasets ixi fs1mm] [--io-steps 10] [--out bench/results/pretrained.md]
 
-Pairs: the real inter-subject brain pairs of ``bench/register_real.py`` (``brain3`` A<->B at their own 1 mm
-resolution, 160x192x144, labels 1-2), both directions. Every row is the command a user types (``monai-moe-reg
-register``, a fresh process; seconds = the whole command), scored by the same code:
+Pairs: the validation pairs of ``bench/splits.json`` (``bench/splits.py``). Every row is the atlas-use command a user
+types (``monai-moe-reg register``, a fresh process; seconds = the whole command), scored by ``bench/scoring.py``:
 
 - no registration; the affine stage alone;
 - network only (affine + network, no instance optimisation) with the demo-trained weights (``--demo-checkpoint``,
@@ -27,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from register_real import _identity, _pairs, _score, run_ours  # bench/register_real.py
+from register_real import run_ours  # bench/register_real.py
 from report import RESULTS, emit_table  # bench/report.py
+from scoring import fixed_label_on_grid, grid_of, score
+from splits import eval_labels, pairs as split_pairs
 
 import numpy as np
 import torch
@@ -60,7 +61,8 @@ def weights_bench_args(doc: str, bundle: str, out: str, extra=None) -> tuple[arg
 def main() -> None:
     args, shipped, base = weights_bench_args(
         __doc__, "shmoareg", "pretrained.md",
-        lambda ap: ap.add_argument("--io-steps", type=int, nargs="*", default=[10]))
+        lambda ap: (ap.add_argument("--io-steps", type=int, nargs="*", default=[10]),
+                    ap.add_argument("--datasets", nargs="+", default=["ixi", "fs1mm"])))
     rows = [
         ("affine only", ["--network", "off", "--instance-opt", "false"]),
         ("network only, demo-trained weights", ["--checkpoint", args.demo_checkpoint, "--instance-opt", "false"]),
@@ -77,21 +79,21 @@ def main() -> None:
     ]
     results: dict[str, list[dict]] = {}
     work = Path(tempfile.mkdtemp(prefix="pretrained_"))
-    for pair in _pairs(Path(args.data)):
+    data = Path(args.data)
+    for k, pair in enumerate(split_pairs(data, "validation", tuple(args.datasets))):
         print(f"== {pair['name']}", flush=True)
-        unreg = _score(
-            pair,
-            _warp_label(load_scan(pair["moving_label"], "m", label=True), *_identity(pair), None),
-            torch.zeros(3, 2, 2, 2),
-        )
-        results.setdefault("no registration", []).append({**unreg, "seconds": 0.0})
+        labels, gt = eval_labels(data, pair["dataset"]), fixed_label_on_grid(pair)
+        fixed, lab = load_scan(pair["fixed"], "fixed"), load_scan(pair["moving_label"], "moving label", label=True)
+        grid = grid_of(fixed)
+        unreg = _warp_label(lab, torch.linalg.inv(grid_of(lab).affine) @ grid.affine, grid.shape, None)
+        results.setdefault("no registration", []).append({**score(pair, unreg, None, labels, gt), "seconds": 0.0})
         for i, (name, extra) in enumerate(rows):
-            m, s, _ = run_ours(pair, work / f"{pair['name'][-4:]}_{i}", base + extra)
-            results.setdefault(name, []).append({**m, "seconds": s})
-            print(f"{name}: dice {m['dice']:.4f} in {s:.1f} s", flush=True)
+            m, _ = run_ours(pair, work / f"{k}_{i}", base + extra, labels, gt)
+            results.setdefault(name, []).append(m)
+            print(f"{name}: dice {m['dice']:.4f} in {m['seconds']:.1f} s", flush=True)
     mean = {
         name: {
-            k: float(np.mean([r[k] for r in rs])) for k in ("dice", "hd95_mm", "folding_percent", "sdlogj", "seconds")
+            k: float(np.mean([r[k] for r in rs])) for k in ("dice", "folding_percent", "sdlogj", "seconds")
         }
         for name, rs in results.items()
     }
@@ -99,16 +101,16 @@ def main() -> None:
     reached = [n for n, v in mean.items() if n.startswith("IO from the shipped") and v["dice"] >= target["dice"]]
     fastest = min(reached, key=lambda n: mean[n]["seconds"]) if reached else None
     lines = [
-        f"Real brain pairs at 1 mm (brain3 A<->B, 160x192x144, labels 1-2), both directions, "
+        f"Validation pairs of bench/splits.json ({', '.join(args.datasets)}), "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {args.device}, "
         f"{time.strftime('%Y-%m-%d')}. Mean over pairs; seconds = the whole `monai-moe-reg register` command.",
         "",
-        "| method | Dice | HD95 (mm) | %\\|J\\|<=0 | SD log J | seconds |",
-        "|---|---|---|---|---|---|",
+        "| method | Dice | %\\|J\\|<=0 | SD log J | seconds |",
+        "|---|---|---|---|---|",
     ]
     for name, v in mean.items():
         lines.append(
-            f"| {name} | {v['dice']:.4f} | {v['hd95_mm']:.2f} | {v['folding_percent']:.4f} | "
+            f"| {name} | {v['dice']:.4f} | {v['folding_percent']:.4f} | "
             f"{v['sdlogj']:.3f} | {v['seconds']:.1f} |"
         )
     verdict = (

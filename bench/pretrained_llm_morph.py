@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from pretrained import weights_bench_args  # bench/pretrained.py
-from register_real import run_ours  # bench/register_real.py
+from register_real import run_register  # bench/register_real.py
 from report import emit_table  # bench/report.py
 
 import nibabel as nib
@@ -72,7 +72,7 @@ def main() -> None:
     for pair in _pairs(Path(args.data), work):
         print(f"== {pair['name']}", flush=True)
         for i, (name, extra) in enumerate(rows):
-            m, s, _ = run_ours(pair, work / f"{pair['name'].replace('->', '_')}_{i}", base + extra)
+            m, s, _ = run_register(pair, work / f"{pair['name'].replace('->', '_')}_{i}", base + extra, fixed_label=True)
             if i == 0:
                 results.setdefault("no registration", []).append(
                     {"dice": m["dice_unregistered"], "hd95_mm": float("nan"), "folding_percent": 0.0, "sdlogj": 0.0,

@@ -41,18 +41,26 @@ from monai_moe_reg.apps.registration import _warp_label, load_scan
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_ours(pair: dict, out: Path, extra: list[str], labels: list[int] | None, gt: torch.Tensor) -> tuple[dict, Path]:
+def run_register(pair: dict, out: Path, extra: list[str], fixed_label: bool = False) -> tuple[dict, float, Path]:
+    """``monai-moe-reg register`` as a fresh process: ``(its metrics.json, whole-command seconds, result folder)``;
+    with ``fixed_label`` the command computes the label metrics itself."""
+    labels = ["--moving-label", pair["moving_label"]] + (["--fixed-label", pair["fixed_label"]] if fixed_label else [])
     cmd = [sys.executable, "-m", "monai_moe_reg.cli", "register", "--fixed", pair["fixed"], "--moving", pair["moving"],
-           "--moving-label", pair["moving_label"], "--output", str(out), *extra]
+           *labels, "--output", str(out), *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PAGER": "cat"})
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     folder = Path(proc.stdout.strip().splitlines()[-1])
-    stages = json.loads((folder / "metrics.json").read_text())["seconds"]
+    return json.loads((folder / "metrics.json").read_text()), seconds, folder
+
+
+def run_ours(pair: dict, out: Path, extra: list[str], labels: list[int] | None, gt: torch.Tensor) -> tuple[dict, Path]:
+    """The atlas-use command (moving label only), scored by ``bench/scoring.py``."""
+    metrics, seconds, folder = run_register(pair, out, extra)
     row = score(pair, read_label(folder / "warped_label.nii.gz"), read_ddf(folder / "ddf.nii.gz"), labels, gt)
-    return {**row, "seconds": seconds, "stages": stages}, folder
+    return {**row, "seconds": seconds, "stages": metrics["seconds"]}, folder
 
 
 def run_ants(pair: dict, out: Path, python: str, labels: list[int] | None, gt: torch.Tensor) -> dict:

@@ -39,16 +39,23 @@ def _io(**kw) -> dict:
 # name -> (network mode, registration overrides). Lambdas are GradientLoss weights (level voxels).
 CANDIDATES: dict[str, tuple[str, dict]] = {
     "bundle as shipped": ("auto", {}),
-    "no network, bundle IO": ("off", {}),
 }
-for _lam in ((1.0, 3.0), (3.0, 9.0), (10.0, 30.0)):
+for _lam in ((3.0, 9.0), (5.0, 15.0), (10.0, 30.0), (30.0, 90.0)):
     CANDIDATES[f"no network, lambda {_lam[0]:g}/{_lam[1]:g}"] = ("off", _io(lambda_reg=list(_lam)))
-for _lam in ((3.0, 9.0), (10.0, 30.0)):
     CANDIDATES[f"network, total field, lambda {_lam[0]:g}/{_lam[1]:g}"] = (
         "on", _io(regularise="total", lambda_reg=list(_lam)))
-CANDIDATES["no network, levels 4/2/1, lambda 3/9/9"] = ("off", _io(levels=[4, 2, 1], lambda_reg=[3.0, 9.0, 9.0],
-                                                                    steps=[100, 60, 30]))
-CANDIDATES["no network, levels 3/1.5, lambda 3/9"] = ("off", _io(levels=[3, 1.5], lambda_reg=[3.0, 9.0]))
+for _lam in ((5.0, 15.0), (10.0, 30.0)):
+    CANDIDATES[f"network sigma 2, total field, lambda {_lam[0]:g}/{_lam[1]:g}"] = (
+        "on", {"network_smoothing": 2.0, **_io(regularise="total", lambda_reg=list(_lam))})
+for _lam in ((4.0, 12.0), (5.0, 15.0)):
+    CANDIDATES[f"no network, lambda {_lam[0]:g}/{_lam[1]:g}, 'mr' intensities"] = (
+        "off", {"intensity": "mr", **_io(lambda_reg=list(_lam))})
+    CANDIDATES[f"network sigma 2, total field, lambda {_lam[0]:g}/{_lam[1]:g}, 'mr' intensities"] = (
+        "on", {"intensity": "mr", "network_smoothing": 2.0, **_io(regularise="total", lambda_reg=list(_lam))})
+CANDIDATES["network, total field, lambda 10/30, 100/60 steps"] = (
+    "on", _io(regularise="total", lambda_reg=[10.0, 30.0], steps=[100, 60]))
+CANDIDATES["no network, levels 4/2/1, lambda 10/30/30"] = (
+    "off", _io(levels=[4, 2, 1], lambda_reg=[10.0, 30.0, 30.0], steps=[100, 60, 30]))
 
 
 def main() -> None:
@@ -59,6 +66,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="run only these candidates (names as in the table)")
     ap.add_argument("--ants", default=str(RESULTS / "register_tuning.json"),
                     help="ANTs SyN on the tuning pairs (bench/register_real.py --role tuning --methods ants)")
+    ap.add_argument("--max-pairs", type=int, default=None, help="the first N tuning pairs of each dataset (screening)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(RESULTS / "tune_register.md"))
     args = ap.parse_args()
@@ -67,15 +75,18 @@ def main() -> None:
     unknown = set(args.only or []) - set(CANDIDATES)
     if unknown:
         raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {list(CANDIDATES)}")
-    pairs = split_pairs(data, "tuning", tuple(args.datasets))
+    pairs = [p for ds in args.datasets for p in split_pairs(data, "tuning", (ds,))[: args.max_pairs]]
     loaded = [(p, load_scan(p["fixed"], "fixed"), load_scan(p["moving"], "moving"),
                load_scan(p["moving_label"], "moving label", label=True), fixed_label_on_grid(p),
                eval_labels(data, p["dataset"])) for p in pairs]
     results: dict[str, list[dict]] = {}
     for name in names:
         mode, overrides = CANDIDATES[name]
-        registrar = Registrar.from_bundle(args.bundle, device=args.device, network=mode,
-                                          overrides=copy.deepcopy(overrides))
+        overrides = copy.deepcopy(overrides)
+        intensity = overrides.pop("intensity", None)
+        registrar = Registrar.from_bundle(args.bundle, device=args.device, network=mode, overrides=overrides)
+        if intensity:  # the bundle's moving_intensity / fixed_intensity
+            registrar.moving_intensity = registrar.fixed_intensity = intensity
         per = []
         for pair, fixed, moving, mlab, gt, labels in loaded:
             t = time.perf_counter()
@@ -87,6 +98,10 @@ def main() -> None:
             print(f"{name} [{pair['name']}]: Dice {row['dice']:.4f}, SD log J {row['sdlogj']:.3f}, "
                   f"{row['folding_percent']:.4f} %, steps {per[-1]['steps']}, {seconds:.1f} s", flush=True)
         results[name] = per
+        _report(args, pairs, results)
+
+
+def _report(args, pairs: list[dict], results: dict[str, list[dict]]) -> None:
     ants_rows = None
     if Path(args.ants).is_file():
         ants_all = json.loads(Path(args.ants).read_text())

@@ -174,7 +174,8 @@ class CLI:
             moving_label: optional moving label map, warped with nearest interpolation (alone: atlas segmentation).
             checkpoint: network weights (default: BUNDLE/models/model.pt if you trained one, else the shipped
                 pretrained weights).
-            network: auto (use the weights if present, else register without the network), on (require them), off.
+            network: auto (the bundle's choice: use the weights if present, unless its registration::use_network
+                is false; then without the network), on (require the weights and use them), off.
             affine: on (affine, then deformable; default), off (no affine stage), only (affine alone).
             instance_opt: true (the bundle's schedule; default), false (network only), or N steps per level.
             lr: instance-optimisation Adam learning rate (default: the bundle's).

@@ -168,8 +168,8 @@ class Registrar:
     ) -> Registrar:
         """Build from a bundle folder (or name): ``network="auto"`` loads ``checkpoint`` (default: your trained
         ``<bundle>/models/model.pt``, else the bundle's shipped pretrained weights, see
-        :func:`~monai_moe_reg.bundles.default_weights`) when it exists and otherwise registers without the network (logged);
-        ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
+        :func:`~monai_moe_reg.bundles.default_weights`) when it exists and otherwise registers without the network (logged),
+        unless the bundle's ``registration::use_network`` is ``false``; ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
         bundle's ``registration`` section (e.g. ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
         from monai_moe_reg.bundles import build_network, bundle_config, default_weights, load_network_weights
 
@@ -188,6 +188,14 @@ class Registrar:
             else:
                 parser[f"registration::{key}"] = value
         net = None
+        use = parser["registration"].get("use_network", True)
+        if not isinstance(use, bool):
+            raise ValueError(f"the bundle's registration::use_network must be true or false, got {use!r}.")
+        if network == "auto" and not use:
+            logger.info("the bundle's registration::use_network is false (its defaults were chosen without the "
+                        "network, which did not help on the tuning pairs): registering without it; --network on uses "
+                        "it")
+            network = "off"
         if network != "off":
             path = Path(checkpoint) if checkpoint else Path(default_weights(parser["bundle_root"]))
             if path.is_file() or checkpoint or network == "on":
@@ -197,11 +205,13 @@ class Registrar:
                 logger.warning("no trained weights at %s: registering with the affine stage and instance optimisation "
                                "from the identity (train the bundle or pass a checkpoint to start from the network)",
                                path)
+        # the registration section may scale both scans its own way (the network's training scaling otherwise)
+        intensity = parser["registration"].get("intensity")
         return cls(
             net,
-            parser.get_parsed_content("registration"),
-            moving_intensity=parser["moving_intensity"],
-            fixed_intensity=parser["fixed_intensity"],
+            {k: v for k, v in parser.get_parsed_content("registration").items() if k not in ("intensity", "use_network")},
+            moving_intensity=intensity or parser["moving_intensity"],
+            fixed_intensity=intensity or parser["fixed_intensity"],
             device=device,
             spatial_dims=int(parser["network_def"].get("spatial_dims", 3)),
         )
