@@ -90,8 +90,10 @@ def ants_reproduces(pair: dict, folder: Path, python: str) -> float:
 
 METHODS = {
     "ours": ("ours: `monai-moe-reg register` (recommended defaults)", []),
-    "ours_no_network": ("ours: --network off (affine + instance optimisation)", ["--network", "off"]),
-    "ours_network_only": ("ours: network only (--instance-opt false)", ["--instance-opt", "false"]),
+    "ours_network": ("ours: with the shipped network (--network on)", ["--network", "on"]),
+    "ours_network_only": ("ours: shipped network only (--network on --instance-opt false)",
+                          ["--network", "on", "--instance-opt", "false"]),
+    "ours_affine_only": ("ours: affine only (--affine only)", ["--affine", "only"]),
 }
 ANTS = "ANTs SyN (antspyx, type_of_transform='SyN', defaults)"
 

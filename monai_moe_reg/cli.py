@@ -175,7 +175,7 @@ class CLI:
             checkpoint: network weights (default: BUNDLE/models/model.pt if you trained one, else the shipped
                 pretrained weights).
             network: auto (the bundle's choice: use the weights if present, unless its registration::use_network
-                is false; then without the network), on (require the weights and use them), off.
+                is false and no --checkpoint is given), on (require the weights and use them), off.
             affine: on (affine, then deformable; default), off (no affine stage), only (affine alone).
             instance_opt: true (the bundle's schedule; default), false (network only), or N steps per level.
             lr: instance-optimisation Adam learning rate (default: the bundle's).

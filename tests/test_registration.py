@@ -265,3 +265,19 @@ def test_network_smoothing_smooths_the_network_field_before_instance_optimisatio
         ddf, _ = reg._network_ddf(img, grid, img, grid, torch.eye(4, dtype=torch.float64))
         rough[sigma] = float((ddf[..., 1:] - ddf[..., :-1]).abs().mean())
     assert rough[1.0] < 0.3 * rough[0.0]
+
+
+def test_bundle_registration_can_leave_out_the_network_and_scale_its_own_way():
+    """SHMoAReg's registration section says ``use_network: false`` and ``intensity: "mr"`` (chosen on the tuning
+    pairs): ``network="auto"`` then registers without the network, ``"on"`` or a checkpoint still uses it, both scans
+    get the section's scaling, and a non-boolean ``use_network`` is refused."""
+    from monai_moe_reg.bundles import bundle_config
+
+    auto = Registrar.from_bundle(SHMOAREG)
+    assert auto.network is None
+    assert auto.moving_intensity == auto.fixed_intensity == "mr"
+    assert "use_network" not in auto.config and "intensity" not in auto.config
+    assert Registrar.from_bundle(SHMOAREG, network="on").network is not None
+    assert bundle_config(SHMOAREG, "inference.json")["moving_intensity"] == "minmax"  # the network's own scaling
+    with pytest.raises(ValueError, match="use_network must be true or false"):
+        Registrar.from_bundle(SHMOAREG, overrides={"use_network": "no"})

@@ -169,7 +169,8 @@ class Registrar:
         """Build from a bundle folder (or name): ``network="auto"`` loads ``checkpoint`` (default: your trained
         ``<bundle>/models/model.pt``, else the bundle's shipped pretrained weights, see
         :func:`~monai_moe_reg.bundles.default_weights`) when it exists and otherwise registers without the network (logged),
-        unless the bundle's ``registration::use_network`` is ``false``; ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
+        unless the bundle's ``registration::use_network`` is ``false`` and no ``checkpoint`` is given; ``"on"``
+        requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
         bundle's ``registration`` section (e.g. ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
         from monai_moe_reg.bundles import build_network, bundle_config, default_weights, load_network_weights
 
@@ -191,10 +192,10 @@ class Registrar:
         use = parser["registration"].get("use_network", True)
         if not isinstance(use, bool):
             raise ValueError(f"the bundle's registration::use_network must be true or false, got {use!r}.")
-        if network == "auto" and not use:
+        if network == "auto" and not use and not checkpoint:  # a checkpoint given is a request for the network
             logger.info("the bundle's registration::use_network is false (its defaults were chosen without the "
-                        "network, which did not help on the tuning pairs): registering without it; --network on uses "
-                        "it")
+                        "network, which did not help on the tuning pairs): registering without it; --network on or "
+                        "--checkpoint uses it")
             network = "off"
         if network != "off":
             path = Path(checkpoint) if checkpoint else Path(default_weights(parser["bundle_root"]))
