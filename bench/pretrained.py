@@ -28,13 +28,12 @@ from pathlib import Path
 
 from register_real import run_ours  # bench/register_real.py
 from report import RESULTS, emit_table  # bench/report.py
-from scoring import fixed_label_on_grid, grid_of, score
+from scoring import fixed_label_on_grid, score, unregistered_label
 from splits import eval_labels, pairs as split_pairs
 
 import numpy as np
 import torch
 
-from monai_moe_reg.apps.registration import _warp_label, load_scan
 from monai_moe_reg.bundles import shipped_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +82,8 @@ def main() -> None:
     for k, pair in enumerate(split_pairs(data, "validation", tuple(args.datasets))):
         print(f"== {pair['name']}", flush=True)
         labels, gt = eval_labels(data, pair["dataset"]), fixed_label_on_grid(pair)
-        fixed, lab = load_scan(pair["fixed"], "fixed"), load_scan(pair["moving_label"], "moving label", label=True)
-        grid = grid_of(fixed)
-        unreg = _warp_label(lab, torch.linalg.inv(grid_of(lab).affine) @ grid.affine, grid.shape, None)
-        results.setdefault("no registration", []).append({**score(pair, unreg, None, labels, gt), "seconds": 0.0})
+        unreg = score(pair, unregistered_label(pair), None, labels, gt)
+        results.setdefault("no registration", []).append({**unreg, "seconds": 0.0})
         for i, (name, extra) in enumerate(rows):
             m, _ = run_ours(pair, work / f"{k}_{i}", base + extra, labels, gt)
             results.setdefault(name, []).append(m)

@@ -29,14 +29,14 @@ import time
 from pathlib import Path
 
 from report import RESULTS, emit_table  # bench/report.py (scripts run as python bench/<name>.py)
-from scoring import fixed_label_on_grid, grid_of, lps_field_to_ddf, read_ddf, read_label, score, summary
+from scoring import fixed_label_on_grid, lps_field_to_ddf, read_ddf, read_label, score, summary, unregistered_label
 from splits import eval_labels, pairs as split_pairs
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from monai_moe_reg.apps.registration import _warp_label, load_scan
+from monai_moe_reg.apps.registration import load_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,8 @@ def main() -> None:
     todo = []
     for dataset in args.datasets:
         todo += split_pairs(data, args.role, (dataset,))[: args.max_pairs]
-    base = ["--bundle", args.bundle, "--device", args.device] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    base = ["--bundle", args.bundle, "--device", args.device]
+    base += ["--checkpoint", args.checkpoint] if args.checkpoint else []
     rows: dict[str, dict[str, list[dict]]] = {}
     work = Path(tempfile.mkdtemp(prefix="register_real_"))
     checks = []
@@ -125,11 +126,8 @@ def main() -> None:
         print(f"== {pair['name']}", flush=True)
         labels, gt = eval_labels(data, pair["dataset"]), fixed_label_on_grid(pair)
         per = rows.setdefault(pair["dataset"], {})
-        fixed = load_scan(pair["fixed"], "fixed")
-        lab = load_scan(pair["moving_label"], "moving label", label=True)
-        grid = grid_of(fixed)
-        unreg = _warp_label(lab, torch.linalg.inv(grid_of(lab).affine) @ grid.affine, grid.shape, None)
-        per.setdefault("no registration (headers only)", []).append({**score(pair, unreg, None, labels, gt), "seconds": 0.0})
+        unreg = score(pair, unregistered_label(pair), None, labels, gt)
+        per.setdefault("no registration (headers only)", []).append({**unreg, "seconds": 0.0})
         for method in args.methods:
             if method == "ants":
                 m = run_ants(pair, work / f"ants_{k}", args.ants_python, labels, gt)
@@ -151,7 +149,8 @@ def main() -> None:
     for dataset, per in rows.items():
         n = len(next(iter(per.values())))
         lines += ["", f"**{dataset}** ({n} pairs)", "",
-                  "| method | Dice | SD log J | %\\|J\\|<=0 | seconds | time ratio to ANTs |", "|---|---|---|---|---|---|"]
+                  "| method | Dice | SD log J | %\\|J\\|<=0 | seconds | time ratio to ANTs |",
+                  "|---|---|---|---|---|---|"]
         ants = per.get(ANTS)
         for name, rs in per.items():
             ratio = "" if ants is None or name.startswith("no registration") else summary(

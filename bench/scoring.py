@@ -18,14 +18,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from monai_moe_reg.apps.registration import _grid as grid_of
 from monai_moe_reg.apps.registration import _warp_label, load_scan
-from monai_moe_reg.apps.spatial import Grid
 from monai_moe_reg.metrics.jacobian import jacobian_determinant, nonpositive_jacobian_percent, sd_log_jacobian
 from monai_moe_reg.metrics.overlap import dice_per_label
-
-
-def grid_of(img) -> Grid:
-    return Grid(tuple(int(s) for s in img.shape[1:]), torch.as_tensor(np.asarray(img.affine), dtype=torch.float64))
 
 
 def aseg_cortex(label: torch.Tensor) -> torch.Tensor:
@@ -42,6 +38,14 @@ def fixed_label_on_grid(pair: dict) -> torch.Tensor:
     lab = load_scan(pair["fixed_label"], "fixed label", label=True)
     grid = grid_of(fixed)
     return aseg_cortex(_warp_label(lab, torch.linalg.inv(grid_of(lab).affine) @ grid.affine, grid.shape, None))
+
+
+def unregistered_label(pair: dict) -> torch.Tensor:
+    """``(1, *S)``: the moving label map on the fixed grid through the two headers alone (no registration)."""
+    fixed = load_scan(pair["fixed"], "fixed image")
+    lab = load_scan(pair["moving_label"], "moving label", label=True)
+    grid = grid_of(fixed)
+    return _warp_label(lab, torch.linalg.inv(grid_of(lab).affine) @ grid.affine, grid.shape, None)
 
 
 def score(pair: dict, warped_label: torch.Tensor, ddf: torch.Tensor | None, labels: list[int] | None,

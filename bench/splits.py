@@ -78,7 +78,8 @@ def _files(data: Path, dataset: str, subject: str) -> dict[str, str]:
     if dataset == "fs1mm":
         image = {"fsaverage": "fsaverage_brain", "sample": "sample_brain", "niivue": "niivue_norm"}[subject]
         label = {"fsaverage": "fsaverage_aseg", "sample": "sample_aseg", "niivue": "niivue_aparc.a2009s+aseg"}[subject]
-        return {"image": str(data / "freesurfer" / f"{image}.nii.gz"), "label": str(data / "freesurfer" / f"{label}.nii.gz")}
+        folder = data / "freesurfer"
+        return {"image": str(folder / f"{image}.nii.gz"), "label": str(folder / f"{label}.nii.gz")}
     raise ValueError(f"unknown dataset {dataset!r}")
 
 

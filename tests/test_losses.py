@@ -21,7 +21,6 @@ def test_routing_targets_pick_the_expert_that_reduces_the_error():
     assert not valid[:, 1:].any()  # no image gradient along axes 1 and 2: every expert ties, no label
 
 
-
 def test_routing_targets_give_the_zero_expert_to_directions_with_no_motion():
     """A +1 voxel shift along axis 0 of a smooth random image, experts 0 / +1 / -1 in every direction: axis 0's
     target is the +1 expert, and the two axes along which nothing moves get the zero expert (the independent
@@ -42,6 +41,7 @@ def test_routing_targets_give_the_zero_expert_to_directions_with_no_motion():
         assert (chosen[:, axis] == 0)[valid[:, axis]].float().mean() > 0.9
     flat = torch.ones(1, 1, 16, 16, 16)  # no image gradient at all: nothing to label
     assert not routing_targets(flat, flat + 0.1, experts)[1].any()
+
 
 def test_minimising_rc_loss_moves_the_router_toward_the_targets():
     layer = SHMoE(3, in_channels=4, init_std=0.5)

@@ -101,5 +101,6 @@ def test_counted_dice_and_boxed_surface_distances_match_monai_on_many_labels():
     hd, assd = surface_distances_mm(pred, target, labels, spacing=(1.0, 2.0, 1.5))
     ref_hd, ref_assd = hd95_mm(pred, target, labels, (1.0, 2.0, 1.5)), assd_mm(pred, target, labels, (1.0, 2.0, 1.5))
     finite = torch.isfinite(ref_hd)
-    assert torch.allclose(hd[finite], ref_hd.double()[finite]) and torch.allclose(assd[finite], ref_assd.double()[finite])
+    assert torch.allclose(hd[finite], ref_hd.double()[finite])
+    assert torch.allclose(assd[finite], ref_assd.double()[finite])
     assert torch.isinf(hd[:, 4]).all() and torch.isnan(hd[:, 8]).all()

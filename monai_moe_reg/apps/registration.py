@@ -168,9 +168,9 @@ class Registrar:
     ) -> Registrar:
         """Build from a bundle folder (or name): ``network="auto"`` loads ``checkpoint`` (default: your trained
         ``<bundle>/models/model.pt``, else the bundle's shipped pretrained weights, see
-        :func:`~monai_moe_reg.bundles.default_weights`) when it exists and otherwise registers without the network (logged),
-        unless the bundle's ``registration::use_network`` is ``false`` and no ``checkpoint`` is given; ``"on"``
-        requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
+        :func:`~monai_moe_reg.bundles.default_weights`) when it exists and otherwise registers without the network
+        (logged), unless the bundle's ``registration::use_network`` is ``false`` and no ``checkpoint`` is given;
+        ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
         bundle's ``registration`` section (e.g. ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
         from monai_moe_reg.bundles import build_network, bundle_config, default_weights, load_network_weights
 
@@ -208,9 +208,10 @@ class Registrar:
                                path)
         # the registration section may scale both scans its own way (the network's training scaling otherwise)
         intensity = parser["registration"].get("intensity")
+        section = parser.get_parsed_content("registration")
         return cls(
             net,
-            {k: v for k, v in parser.get_parsed_content("registration").items() if k not in ("intensity", "use_network")},
+            {k: v for k, v in section.items() if k not in ("intensity", "use_network")},  # read here, not by stages
             moving_intensity=intensity or parser["moving_intensity"],
             fixed_intensity=intensity or parser["fixed_intensity"],
             device=device,

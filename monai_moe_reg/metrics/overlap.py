@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
 __all__ = ["label_channels", "dice_per_label", "hd95_mm", "assd_mm", "surface_distances_mm"]
 
@@ -42,6 +42,11 @@ def _label_ids(pred: torch.Tensor, target: torch.Tensor, labels: Sequence[int] |
     return labels
 
 
+def _id_map(label: torch.Tensor) -> torch.Tensor:
+    """An integer id map on the CPU; ids < 0 are not labels and count as background."""
+    return label.round().long().clamp_min(0).cpu()
+
+
 def dice_per_label(pred: torch.Tensor, target: torch.Tensor, labels: Sequence[int] | None = None) -> torch.Tensor:
     """Dice ``2|P n T| / (|P| + |T|)`` per label: ``(B, L)`` float32; NaN where the label is absent from the target
     (MONAI ``compute_dice(..., ignore_empty=True)``). Counted with one histogram per map instead of one binary
@@ -50,8 +55,7 @@ def dice_per_label(pred: torch.Tensor, target: torch.Tensor, labels: Sequence[in
     out = torch.full((pred.shape[0], len(labels)), float("nan"), dtype=torch.float32)
     ids = torch.tensor(labels, dtype=torch.long)
     for b in range(pred.shape[0]):
-        p = pred[b].flatten().round().long().clamp_min(0).cpu()  # ids < 0 are not labels: count them as background
-        t = target[b].flatten().round().long().clamp_min(0).cpu()
+        p, t = _id_map(pred[b].flatten()), _id_map(target[b].flatten())
         size = int(max(int(ids.max()), int(p.max()), int(t.max()))) + 1
         inter = torch.bincount(t[p == t], minlength=size)[ids].double()
         p_n, t_n = torch.bincount(p, minlength=size)[ids].double(), torch.bincount(t, minlength=size)[ids].double()
@@ -129,8 +133,7 @@ def surface_distances_mm(
     # scipy's distance transform releases the GIL: the two directions run in parallel
     with ThreadPoolExecutor(max_workers=2) as pool:
         for b in range(pred.shape[0]):
-            pa = pred[b, 0].round().long().clamp_min(0).cpu().numpy()
-            ta = target[b, 0].round().long().clamp_min(0).cpu().numpy()
+            pa, ta = _id_map(pred[b, 0]).numpy(), _id_map(target[b, 0]).numpy()
             boxes_p, boxes_t = find_objects(pa), find_objects(ta)
             for c, v in enumerate(labels):
                 bp, bt = box(boxes_p, v), box(boxes_t, v)
@@ -138,7 +141,8 @@ def surface_distances_mm(
                     if (bp is None) != (bt is None):
                         hd[b, c] = assd[b, c] = float("inf")
                     continue
-                crop = tuple(slice(max(min(x.start, y.start) - 2, 0), max(x.stop, y.stop) + 2) for x, y in zip(bp, bt))
+                crop = tuple(slice(max(min(x.start, y.start) - 2, 0), max(x.stop, y.stop) + 2)
+                             for x, y in zip(bp, bt))
                 pm, tm = np.pad(pa[crop] == v, 1), np.pad(ta[crop] == v, 1)  # a margin: masks at the box edge erode
                 pe = pm ^ binary_erosion(pm, struct)
                 te = tm ^ binary_erosion(tm, struct)
