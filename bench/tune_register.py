@@ -52,6 +52,7 @@ for _lam in ((4.0, 12.0), (5.0, 15.0)):
         "off", {"intensity": "mr", **_io(lambda_reg=list(_lam))})
     CANDIDATES[f"network sigma 2, total field, lambda {_lam[0]:g}/{_lam[1]:g}, 'mr' intensities"] = (
         "on", {"intensity": "mr", "network_smoothing": 2.0, **_io(regularise="total", lambda_reg=list(_lam))})
+CANDIDATES["bundle: LNCC affine from 3 starts (0, +-15 deg pitch), no network, 'mr', lambda 4/12"] = ("auto", {})
 CANDIDATES["network, total field, lambda 10/30, 100/60 steps"] = (
     "on", _io(regularise="total", lambda_reg=[10.0, 30.0], steps=[100, 60]))
 CANDIDATES["no network, levels 4/2/1, lambda 10/30/30"] = (

@@ -10,6 +10,7 @@ registration of two images (its ``AffineTransform`` block only applies one), hen
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -55,6 +56,8 @@ def affine_register(
     shift_scale_mm: float = 10.0,
     tol: float = 1e-4,
     patience: int = 10,
+    starts: Sequence[Sequence[float]] = (),
+    start_steps: int = 30,
 ) -> torch.Tensor:
     """Fit the affine transform from fixed world to moving world.
 
@@ -69,6 +72,11 @@ def affine_register(
         shift_scale_mm: the translation is optimised in units of this many mm.
         tol, patience: a level stops when the loss of the last ``patience`` steps improved by less than ``tol``
             (relative) over the ``patience`` before.
+        starts: extra initial rotations to try besides none, each ``(rx, ry, rz)`` in degrees about the world axes
+            through the fixed centre of mass: every start gets ``start_steps`` steps on the coarsest level and the
+            one with the lowest loss is refined (a centre-of-mass start alone can fall into a wrong local optimum
+            when the heads are tilted differently).
+        start_steps: steps per start on the coarsest level.
 
     Returns:
         ``(4, 4)`` float64 matrix, fixed world (RAS mm) -> moving world.
@@ -79,26 +87,61 @@ def affine_register(
     device = fixed.device
     centre = centre_of_mass(fixed, fixed_grid)
     start = centre_of_mass(moving, moving_grid) - centre
-    lin = nn.Parameter(torch.zeros(3, 3, dtype=torch.float32, device=device))
-    shift = nn.Parameter((start / shift_scale_mm).float().to(device))
-    opt = torch.optim.Adam([lin, shift], lr=lr)
     base = min(fixed_grid.spacing)
-    for level, n_steps in zip(levels, steps):
-        ff = level_factors(fixed_grid, level * base)
-        fm = level_factors(moving_grid, level * base)
-        fix_l, grid_fl = pool_to(fixed, ff), fixed_grid.coarsen(ff)
-        mov_l, grid_ml = pool_to(moving, fm), moving_grid.coarsen(fm)
-        to_fixed = grid_fl.affine.to(device)
-        from_moving = torch.linalg.inv(grid_ml.affine).to(device)
+
+    def level_images(level: float):
+        ff, fm = level_factors(fixed_grid, level * base), level_factors(moving_grid, level * base)
+        grid_fl, grid_ml = fixed_grid.coarsen(ff), moving_grid.coarsen(fm)
+        return pool_to(fixed, ff), pool_to(moving, fm), grid_fl, grid_fl.affine.to(device), \
+            torch.linalg.inv(grid_ml.affine).to(device)
+
+    def fit(lin, shift, opt, images, n_steps, stop=True) -> list[float]:
+        fix_l, mov_l, grid_fl, to_fixed, from_moving = images
         history: list[float] = []
         for _ in range(n_steps):
             m = _matrix(lin, shift * shift_scale_mm, centre.to(device))
             warped = warp_through(mov_l, from_moving @ m @ to_fixed, grid_fl.shape)
-            if adam_step(opt, similarity(warped, fix_l), history, tol, patience):
+            if adam_step(opt, similarity(warped, fix_l), history, tol, patience if stop else 0):
                 break
-        logger.info("affine level %s (%s voxels): %d steps, loss %.5f", level, grid_fl.shape, len(history), history[-1])
+        return history
+
+    def params(angles) -> tuple[nn.Parameter, nn.Parameter]:
+        rot = _rotation_matrix(angles).float().to(device)
+        return (nn.Parameter(rot - torch.eye(3, device=device)),
+                nn.Parameter((start / shift_scale_mm).float().to(device)))
+
+    lin, shift = params((0.0, 0.0, 0.0))
+    if starts:  # the best of several initial rotations after a short fit on the coarsest level
+        coarse = level_images(levels[0])
+        best = None
+        for angles in [(0.0, 0.0, 0.0), *starts]:
+            cand = params(angles)
+            history = fit(*cand, torch.optim.Adam(cand, lr=lr), coarse, start_steps, stop=False)
+            score = sum(history[-5:]) / len(history[-5:])
+            if best is None or score < best[0]:
+                best = (score, cand, angles)
+        (lin, shift), chosen = best[1], best[2]
+        logger.info("affine start: rotation %s deg of %d tried", tuple(chosen), len(starts) + 1)
+    opt = torch.optim.Adam([lin, shift], lr=lr)
+    for level, n_steps in zip(levels, steps):
+        images = level_images(level)
+        history = fit(lin, shift, opt, images, n_steps)
+        logger.info("affine level %s (%s voxels): %d steps, loss %.5f", level, images[2].shape, len(history),
+                    history[-1])
     with torch.no_grad():
-        return _matrix(lin.cpu(), shift.cpu() * shift_scale_mm, centre)
+        return _matrix(lin.detach().cpu(), shift.detach().cpu() * shift_scale_mm, centre)
+
+
+def _rotation_matrix(angles_deg: Sequence[float]) -> torch.Tensor:
+    """``(3, 3)`` float64 rotation: about world axis 0 (x), then 1 (y), then 2 (z), in degrees."""
+    out = torch.eye(3, dtype=torch.float64)
+    for axis, deg in enumerate(angles_deg):
+        a = math.radians(float(deg))
+        i, j = [k for k in range(3) if k != axis]
+        r = torch.eye(3, dtype=torch.float64)
+        r[i, i], r[i, j], r[j, i], r[j, j] = math.cos(a), -math.sin(a), math.sin(a), math.cos(a)
+        out = r @ out
+    return out
 
 
 def adam_step(opt: torch.optim.Optimizer, loss: torch.Tensor, history: list[float], tol: float, patience: int) -> bool:
