@@ -113,7 +113,8 @@ def test_registration_settings_come_from_inference_json_only(monkeypatch):
     monkeypatch.setattr(bundles, "bundle_config", lambda b, c="inference.json": read.append(c) or original(b, c))
     reg = Registrar.from_bundle(SHMOAREG, network="off")
     assert isinstance(reg.config["instance_optimisation"]["similarity"], LocalNormalizedCrossCorrelationLoss)
-    assert isinstance(reg.config["affine"]["similarity"], torch.nn.MSELoss)
+    assert isinstance(reg.config["affine"]["similarity"], LocalNormalizedCrossCorrelationLoss)  # chosen on tuning
+    assert reg.config["affine"]["starts"] == [[-15, 0, 0], [15, 0, 0]]
     reg = Registrar.from_bundle(ROOT / "bundles" / "llm_morph", network="off")
     assert isinstance(reg.config["instance_optimisation"]["similarity"], MINDSSCLoss)  # multimodal
     assert isinstance(reg.config["affine"]["similarity"], GlobalMutualInformationLoss)
