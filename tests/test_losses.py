@@ -189,3 +189,28 @@ def test_both_networks_losses_regularise_with_the_papers_gradient_loss_and_lambd
     assert lam == {"shmoareg/train": 0.01, "shmoareg/oasis": 0.01, "shmoareg/btcv": 0.1, "llm_morph/train": 0.1}
     for cfg in ("shmoareg/configs/train.json", "llm_morph/configs/train.json"):
         assert "regulariser" not in json.loads((root / cfg).read_text())["loss"]  # the default: GradientLoss
+
+
+def test_warped_label_dice_on_a_label_subset_scores_only_the_drawn_labels():
+    """max_labels: a random subset of the present labels per call; identical maps give 0, and with 2 of 5 labels
+    drawn the one-hot tensors have 3 channels (background + 2), so the term stays cheap with many structures."""
+    from monai_moe_reg.losses import WarpedLabelDice
+
+    torch.manual_seed(0)
+    lab = torch.randint(0, 6, (1, 1, 8, 8, 8))
+    other = torch.roll(lab, 2, dims=2)
+    zero = torch.zeros(1, 3, 8, 8, 8)
+    sub = WarpedLabelDice(num_classes=6, max_labels=2)
+    assert float(sub(zero, lab, lab)) < 1e-4
+    m, f = sub._subset(lab, other)
+    assert int(m.max()) <= 2 and int(f.max()) <= 2 and set(torch.unique(m).tolist()) <= {0, 1, 2}
+    kept = torch.unique(lab[m > 0])
+    assert kept.numel() == 2 and 0 not in kept.tolist()  # two foreground ids, relabelled consistently in both maps
+    for old in kept.tolist():
+        assert torch.equal(m[lab == old].unique(), f[other == old].unique())
+    full = WarpedLabelDice(num_classes=6)
+    assert abs(float(WarpedLabelDice(num_classes=6, max_labels=10)(zero, lab, other)) - float(full(zero, lab, other))) < 1e-6
+    with pytest.raises(ValueError, match="max_labels"):
+        WarpedLabelDice(num_classes=6, max_labels=0)
+    with pytest.raises(ValueError, match="0..5"):
+        sub(zero, lab + 1, lab)

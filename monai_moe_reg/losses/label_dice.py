@@ -32,14 +32,21 @@ class WarpedLabelDice(nn.Module):
     Args:
         num_classes: label values ``0..num_classes-1`` for integer maps (background included); multi-channel binary
             maps need none (every channel is foreground).
+        max_labels: with many structures (e.g. 148 brain regions), the Dice of a random subset of at most this many
+            foreground labels present in either map, drawn anew at each call from torch's RNG (seeded by
+            ``set_determinism``): the one-hot maps and their warp then cost ``max_labels`` channels instead of
+            ``num_classes``; every label is still trained on over the steps. ``None``: all labels.
 
     ``forward(ddf, moving_label, fixed_label)``: ``ddf`` ``(B, D, *S)``, labels ``(B, 1, *S)`` integer or
     ``(B, C, *S)`` binary -> scalar.
     """
 
-    def __init__(self, num_classes: int | None = None) -> None:
+    def __init__(self, num_classes: int | None = None, max_labels: int | None = None) -> None:
         super().__init__()
+        if max_labels is not None and int(max_labels) < 1:
+            raise ValueError(f"max_labels must be a positive number of labels (or None for all), got {max_labels}.")
         self.num_classes = num_classes
+        self.max_labels = None if max_labels is None else int(max_labels)
         self.dice = DiceLoss(include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
 
@@ -48,8 +55,13 @@ class WarpedLabelDice(nn.Module):
     ) -> torch.Tensor:
         if moving_label is None or fixed_label is None:
             raise ValueError("the label Dice term needs moving_label and fixed_label (or set its weight to 0).")
-        mov = to_one_hot_labels(moving_label, self.num_classes)
-        fix = to_one_hot_labels(fixed_label, self.num_classes)
+        if self.max_labels is not None and moving_label.shape[1] == 1 and fixed_label.shape[1] == 1:
+            moving_label, fixed_label = self._subset(moving_label, fixed_label)
+            num_classes = int(max(moving_label.max(), fixed_label.max())) + 1  # only the drawn labels: no empty channel
+        else:
+            num_classes = self.num_classes
+        mov = to_one_hot_labels(moving_label, num_classes)
+        fix = to_one_hot_labels(fixed_label, num_classes)
         if mov.shape[1] != fix.shape[1] or mov.shape[2:] != ddf.shape[2:]:
             raise ValueError(
                 f"labels must match each other in channels and the DDF in size: moving {tuple(mov.shape)}, "
@@ -59,3 +71,18 @@ class WarpedLabelDice(nn.Module):
             mov = torch.cat([1 - mov.amax(1, keepdim=True), mov], 1)
             fix = torch.cat([1 - fix.amax(1, keepdim=True), fix], 1)
         return self.dice(self.warp(mov, ddf), fix)
+
+    def _subset(self, moving_label: torch.Tensor, fixed_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both maps relabelled ``1..K`` for a random subset of at most ``max_labels`` foreground ids present in
+        either (the rest become background)."""
+        mov, fix = moving_label.long(), fixed_label.long()
+        if self.num_classes is not None and (min(mov.min(), fix.min()) < 0 or max(mov.max(), fix.max()) >= self.num_classes):
+            raise ValueError(f"label values must lie in 0..{self.num_classes - 1}, got "
+                             f"{int(min(mov.min(), fix.min()))}..{int(max(mov.max(), fix.max()))}.")
+        ids = torch.unique(torch.cat([mov.flatten(), fix.flatten()]))
+        ids = ids[ids != 0]
+        if ids.numel() > self.max_labels:
+            ids = ids[torch.randperm(ids.numel(), device=ids.device)[: self.max_labels]]
+        lut = torch.zeros(int(max(mov.max(), fix.max())) + 1, dtype=torch.long, device=mov.device)
+        lut[ids] = torch.arange(1, ids.numel() + 1, device=mov.device)
+        return lut[mov], lut[fix]

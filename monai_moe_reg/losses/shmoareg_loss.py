@@ -55,6 +55,9 @@ class SHMoARegLoss(nn.Module):
         num_classes: label values ``0..num_classes-1`` of integer label maps for ``lambda_label``.
         regulariser: ``"gradient"`` (default), ``"gradient_l1"``, ``"diffusion"`` or a module ``ddf -> scalar``
             (:func:`~monai_moe_reg.losses.make_regulariser`).
+        max_labels: Dice on a random subset of at most this many labels per step (:class:`WarpedLabelDice`), for
+            label sets with many structures; ``None``: all.
+        lncc_kernel_size: window of ``similarity="lncc"``.
 
     ``forward(moving, fixed, ddf, aux)`` returns a dict of scalar tensors ``loss`` (the total), ``sim``, ``reg``,
     ``rc``, ``balance``, ``z``; ``aux`` is what :class:`SHMoAReg` returned with ``ddf`` (``None`` for a network
@@ -75,10 +78,12 @@ class SHMoARegLoss(nn.Module):
         lambda_label: float = 0.0,
         num_classes: int | None = None,
         regulariser: str | nn.Module = "gradient",
+        max_labels: int | None = None,
+        lncc_kernel_size: int = 9,
     ) -> None:
         super().__init__()
-        self.similarity = make_similarity(similarity, spatial_dims)
-        self.label_dice = WarpedLabelDice(num_classes)
+        self.similarity = make_similarity(similarity, spatial_dims, lncc_kernel_size)
+        self.label_dice = WarpedLabelDice(num_classes, max_labels)
         self.lambda_sim, self.lambda_label = float(lambda_sim), float(lambda_label)
         self.regulariser = make_regulariser(regulariser)
         self.rc = RoutingClassificationLoss()
