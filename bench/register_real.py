@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from report import RESULTS, emit_table  # bench/report.py (scripts run as python bench/<name>.py)
-from scoring import fixed_label_on_grid, lps_field_to_ddf, read_ddf, read_label, score, summary, unregistered_label
+from scoring import fixed_label_on_grid, lps_field_to_ddf, read_field, read_label, score, summary, unregistered_label
 from splits import eval_labels, pairs as split_pairs
 
 import nibabel as nib
@@ -59,7 +59,7 @@ def run_register(pair: dict, out: Path, extra: list[str], fixed_label: bool = Fa
 def run_ours(pair: dict, out: Path, extra: list[str], labels: list[int] | None, gt: torch.Tensor) -> tuple[dict, Path]:
     """The atlas-use command (moving label only), scored by ``bench/scoring.py``."""
     metrics, seconds, folder = run_register(pair, out, extra)
-    row = score(pair, read_label(folder / "warped_label.nii.gz"), read_ddf(folder / "ddf.nii.gz"), labels, gt)
+    row = score(pair, read_label(folder / "warped_label.nii.gz"), read_field(folder / "transform.h5"), labels, gt)
     return {**row, "seconds": seconds, "stages": metrics["seconds"]}, folder
 
 

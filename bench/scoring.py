@@ -71,9 +71,12 @@ def read_label(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(nib.load(str(path)).dataobj).astype(np.int64))[None]
 
 
-def read_ddf(path: str | Path) -> torch.Tensor:
-    """Our ``ddf.nii.gz`` ``(X, Y, Z, 3)`` (fixed voxels) as ``(3, X, Y, Z)``."""
-    return torch.from_numpy(np.moveaxis(np.asarray(nib.load(str(path)).dataobj, dtype=np.float32), -1, 0).copy())
+def read_field(path: str | Path) -> torch.Tensor | None:
+    """The deformable field of our ``transform.h5`` ``(3, X, Y, Z)`` in fixed voxels (``None`` for an affine-only
+    file). Its Jacobian differs from the total map's by the affine's constant factor: the same SD log J and folding."""
+    from monai_moe_reg.data.displacement_io import read_itk_transform
+
+    return read_itk_transform(path)[2]
 
 
 def lps_field_to_ddf(path: str | Path, fixed_affine: np.ndarray) -> torch.Tensor:

@@ -153,6 +153,7 @@ class CLI:
         io_lambda: float | None = None,
         diffeomorphic: bool | None = None,
         io_regularise: str | None = None,
+        extras: str = "",
         device: str = "cpu",
     ) -> str:
         """Register MOVING to FIXED and write the results on the fixed image's grid and affine.
@@ -165,9 +166,9 @@ class CLI:
         Args:
             fixed: fixed image (NIfTI or any format ITK/nibabel reads).
             moving: moving image (any grid: it is resampled onto the fixed grid through the transform).
-            output: output folder; results go to OUTPUT/<moving>_to_<fixed>/ (warped_image, warped_label, ddf,
-                ddf_itk, jacobian .nii.gz; transform.h5 = ITK composite transform for antsApplyTransforms, ITK and
-                3D Slicer; metrics.json/.csv; overview.png).
+            output: output folder; results go to OUTPUT/<moving>_to_<fixed>/: warped_image and warped_label
+                .nii.gz, transform.h5 (the one transform file: ITK composite of the affine and the field, for
+                antsApplyTransforms, ITK and 3D Slicer), metrics.json/.csv.
             bundle: bundle folder whose network and registration settings are used (bundles/shmoareg or
                 bundles/llm_morph).
             fixed_label: optional fixed label map (with --moving-label: Dice/HD95/ASSD in mm).
@@ -185,11 +186,14 @@ class CLI:
             io_regularise: what the instance optimisation's regulariser acts on: total (the whole field, so the
                 result is as smooth as --io-lambda asks; SHMoAReg's default from its network's field) or residual
                 (only the change made after the network: keeps more of the network's field, rougher).
+            extras: more files, comma-separated (each about the size of the field): ddf (total DDF in fixed
+                voxels, MONAI Warp convention), ddf_itk (the same in LPS mm, as ITK/ANTs write fields), jacobian,
+                overview (PNG), or all.
             device: cpu, cuda or cuda:N.
         Returns:
             The folder written.
         """
-        from monai_moe_reg.apps.registration import Registrar, load_scan
+        from monai_moe_reg.apps.registration import Registrar, load_scan, parse_extras
 
         missing = [f"--{n}" for n, v in (("fixed", fixed), ("moving", moving), ("output", output)) if not v]
         if missing:
@@ -199,6 +203,7 @@ class CLI:
         out_dir = Path(str(output))
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"output folder '{out_dir}' exists and is not a folder.")
+        parse_extras(extras)  # a typo is an error before the registration, not after it
         enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic, io_regularise)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
         fix = load_scan(fixed, "fixed image", registrar.spatial_dims)
@@ -209,7 +214,7 @@ class CLI:
              f"affine: {affine}; instance optimisation: {'on' if enabled else 'off'}")
         result = registrar(fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled)
         _check_writable(out_dir)
-        folder = Registrar.write(result, out_dir / _pair_name(moving, fixed))
+        folder = Registrar.write(result, out_dir / _pair_name(moving, fixed), extras=extras)
         m, t = result.metrics, result.timings
         if "dice" in m:
             _say(f"Dice {m['dice_unregistered']:.4f} -> {m['dice']:.4f}, HD95 {m['hd95_mm']:.2f} mm, "

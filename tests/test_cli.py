@@ -81,7 +81,7 @@ def test_register_different_grids_outputs_on_the_fixed_grid_and_itk_reproduces_i
 
     folder = Path(CLI().register(pair_files["fixed"], pair_files["moving"], str(tmp_path / "out"), bundle=SHMOAREG,
                                  fixed_label=pair_files["fixed_label"], moving_label=pair_files["moving_label"],
-                                 checkpoint=checkpoint, instance_opt=3))
+                                 checkpoint=checkpoint, instance_opt=3, extras="all"))
     fixed = nib.load(pair_files["fixed"])
     for key in ("warped_image", "warped_label", "jacobian", "ddf"):
         img = nib.load(str(folder / f"{key}.nii.gz"))

@@ -126,6 +126,30 @@ def test_itk_displacement_field_reproduces_our_warp(tmp_path, affine):
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.parametrize(
+    "affine",
+    [np.diag([2.0, 2.0, 2.0, 1.0]), np.array([[0, 0, 1.5, 10], [-2.0, 0, 0, 5], [0, 1.2, 0, -3], [0, 0, 0, 1]])],
+)
+def test_transform_h5_reads_back_what_was_written(tmp_path, affine):
+    """register's transform.h5 (float32, compressed field) gives back the affine stage, the fixed grid and the DDF;
+    an affine-only file gives no field."""
+    from monai_moe_reg.data import random_smooth_ddf
+    from monai_moe_reg.data.displacement_io import read_itk_transform, write_itk_transform
+
+    world = np.array([[0.98, -0.17, 0.0, 3.0], [0.17, 0.98, 0.05, -2.0], [0.0, -0.05, 1.1, 1.5], [0, 0, 0, 1]])
+    ddf = random_smooth_ddf((24, 28, 20), 3.0, seed=9)
+    write_itk_transform(tmp_path / "t.h5", affine, world, ddf)
+    w, a, d = read_itk_transform(tmp_path / "t.h5")
+    assert np.allclose(w, world) and np.allclose(a, affine)
+    assert torch.allclose(d, ddf.float(), atol=1e-5)
+    write_itk_transform(tmp_path / "affine.h5", affine, world)
+    w, a, d = read_itk_transform(tmp_path / "affine.h5")
+    assert np.allclose(w, world) and a is None and d is None
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="bad.h5' as an ITK HDF5 transform"):
+        read_itk_transform(tmp_path / "bad.h5")
+
+
 def _subjects(tmp_path, n=4, shapes=None):
     subjects = []
     for i in range(n):

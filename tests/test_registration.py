@@ -166,6 +166,12 @@ def test_atlas_segmentation_with_a_moving_label_alone(registrar, tmp_path):
     assert "dice" not in result.metrics and "sdlogj" in result.metrics
     folder = Registrar.write(result, tmp_path / "out" / "atlas")
     assert (folder / "warped_label.nii.gz").is_file() and (folder / "transform.h5").is_file()
+    # only what was asked for beyond the warped scans, the one transform file and the metrics
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.csv", "metrics.json", "transform.h5",
+                                                        "warped_image.nii.gz", "warped_label.nii.gz"]
+    with pytest.raises(ValueError, match=r"unknown extra output\(s\) \['jacobians'\]: choose from ddf"):
+        Registrar.write(result, tmp_path / "out" / "typo", extras="ddf,jacobians")
+    assert not (tmp_path / "out" / "typo").exists()
     with pytest.raises(ValueError, match="moving label"):
         registrar(files["fixed_image"], files["moving_image"], fixed_label=files["fixed_label"])
 
@@ -175,7 +181,7 @@ def test_label_ids_above_int16_survive(registrar, tmp_path):
     pair["moving_label"] = pair["moving_label"] * 20000  # ids 20000, 40000, ...
     files = _files(tmp_path, pair)
     result = registrar(files["fixed_image"], files["moving_image"], moving_label=files["moving_label"], affine="off")
-    folder = Registrar.write(result, tmp_path / "out" / "big_ids", png=False)
+    folder = Registrar.write(result, tmp_path / "out" / "big_ids")
     ids = set(np.unique(np.asarray(nib.load(str(folder / "warped_label.nii.gz")).dataobj)).tolist())
     assert ids <= set(np.unique(pair["moving_label"].numpy()).tolist()) and max(ids) >= 40000
 
@@ -188,7 +194,7 @@ def test_transform_h5_applied_by_itk_to_the_original_moving_file_reproduces_our_
     moving_affine = np.array([[0.0, -2.5, 0.0, 40.0], [1.6, 0.0, 0.0, -3.0], [0.0, 0.0, 2.0, 5.0], [0, 0, 0, 1.0]])
     files = _files(tmp_path, pair, moving_affine)
     result = registrar(files["fixed_image"], files["moving_image"], files["fixed_label"], files["moving_label"])
-    folder = Registrar.write(result, tmp_path / "out" / "grids")
+    folder = Registrar.write(result, tmp_path / "out" / "grids", extras="ddf_itk")
     transform = itk.transformread(str(folder / "transform.h5"))[0]
     fixed = itk.imread(files["fixed_image"], itk.F)
     warped = itk.resample_image_filter(itk.imread(files["moving_image"], itk.F), transform=transform,
@@ -209,15 +215,15 @@ def test_publishing_is_atomic_and_a_failure_leaves_nothing(registrar, tmp_path, 
     files = _files(tmp_path, pair)
     result = registrar(files["fixed_image"], files["moving_image"], affine="only")
     out = tmp_path / "pub"
-    first = Registrar.write(result, out / "pair", extra_files={"run.txt": "1"}, png=False)
-    Registrar.write(result, out / "pair", extra_files={"run.txt": "2"}, png=False)
+    first = Registrar.write(result, out / "pair", extra_files={"run.txt": "1"})
+    Registrar.write(result, out / "pair", extra_files={"run.txt": "2"})
     assert (first / "run.txt").read_text() == "2" and sorted(p.name for p in out.iterdir()) == ["pair"]
 
     import monai_moe_reg.data.displacement_io as dio
 
     monkeypatch.setattr(dio, "write_itk_transform", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        Registrar.write(result, out / "other", png=False)
+        Registrar.write(result, out / "other")
     assert sorted(p.name for p in out.iterdir()) == ["pair"]  # no staging folder, no half-written pair
     json.loads((first / "metrics.json").read_text())
 
@@ -292,6 +298,35 @@ def test_network_smoothing_smooths_the_network_field_before_instance_optimisatio
         ddf, _ = reg._network_ddf(img, grid, img, grid, torch.eye(4, dtype=torch.float64))
         rough[sigma] = float((ddf[..., 1:] - ddf[..., :-1]).abs().mean())
     assert rough[1.0] < 0.3 * rough[0.0]
+
+
+def test_the_network_sees_its_pair_in_ras_whatever_the_orientation_of_the_scans():
+    """The bundles train on pairs reoriented to RAS (pair_transforms); register presents the network its pair the
+    same way (flips and permutations only: the values of nibabel's closest canonical image), and the field it returns
+    maps back to the scan's own axes."""
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            self.seen = x.clone()
+            ddf = torch.zeros(x.shape[0], 3, *x.shape[2:])
+            ddf[:, 0] = 1.0  # one voxel towards R (axis 0 of a RAS grid)
+            return ddf
+
+    psr = torch.tensor([[0, 0, 2, 5], [-2, 0, 0, 7], [0, 2, 0, -3], [0, 0, 0, 1]], dtype=torch.float64)
+    grid = Grid((12, 10, 8), psr)
+    img = torch.rand(1, 1, 12, 10, 8)
+    probe = Probe()
+    sim = {"similarity": torch.nn.MSELoss()}
+    reg = Registrar(probe, {"network_spacing": 2.0, "network_smoothing": 0.0, "affine": dict(sim),
+                            "instance_optimisation": dict(sim)})
+    ddf, net_grid = reg._network_ddf(img, grid, img, grid, torch.eye(4, dtype=torch.float64))
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(img[0, 0].numpy(), psr.numpy()))
+    assert nib.aff2axcodes(net_grid.affine.numpy()) == ("R", "A", "S")
+    assert torch.allclose(net_grid.affine, torch.as_tensor(canonical.affine))
+    assert torch.equal(probe.seen[0, 1], torch.as_tensor(np.ascontiguousarray(canonical.dataobj)))
+    assert torch.allclose(probe.seen[0, 0], probe.seen[0, 1], atol=1e-6)  # the moving scan on the same grid
+    back = resample_field(ddf, net_grid, grid)  # 2 mm towards R = +1 voxel along the PSR grid's third axis
+    assert torch.allclose(back[:, 2], torch.ones(1)) and torch.allclose(back[:, :2], torch.zeros(1), atol=1e-6)
 
 
 def test_bundle_registration_can_leave_out_the_network_and_scale_its_own_way():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +34,19 @@ from monai_moe_reg.apps.spatial import (
     map_points,
     pool_to,
     resample_field,
+    to_canonical,
     voxel_grid,
     warp_through,
 )
 from monai_moe_reg.data.staging import staged_folder
 from monai_moe_reg.metrics.jacobian import jacobian_determinant
 
-__all__ = ["Registrar", "RegistrationResult", "load_scan", "NETWORK_MODES"]
+__all__ = ["Registrar", "RegistrationResult", "load_scan", "parse_extras", "NETWORK_MODES", "EXTRAS"]
 
 logger = logging.getLogger(__name__)
 
 NETWORK_MODES = ("auto", "on", "off")
+EXTRAS = ("ddf", "ddf_itk", "jacobian", "overview")  # optional output files, each about the size of the field
 
 
 def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: bool = False):
@@ -251,16 +253,17 @@ class Registrar:
 
     def _network_ddf(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
                      world: torch.Tensor) -> tuple[torch.Tensor, Grid]:
-        """The network's DDF on its working grid (the fixed grid pooled to ``network_spacing`` mm), run on the
-        affine-aligned pair."""
+        """The network's DDF on its working grid (the fixed grid pooled to ``network_spacing`` mm and reoriented to
+        RAS, as the bundles' training transforms present pairs: :func:`to_canonical`), run on the affine-aligned
+        pair."""
         spacing = self.config.get("network_spacing")
         ff = level_factors(fixed_grid, float(spacing), min_size=1) if spacing else (1,) * self.spatial_dims
         fm = level_factors(moving_grid, float(spacing), min_size=1) if spacing else (1,) * self.spatial_dims
-        grid = fixed_grid.coarsen(ff)
+        fix, grid = to_canonical(pool_to(fixed, ff), fixed_grid.coarsen(ff))
         matrix = torch.linalg.inv(moving_grid.coarsen(fm).affine) @ world @ grid.affine
         mov = warp_through(pool_to(moving, fm), matrix.to(self.device), grid.shape)
         with torch.no_grad():
-            ddf = self.network(torch.cat([mov, pool_to(fixed, ff)], dim=1)).float()
+            ddf = self.network(torch.cat([mov, fix], dim=1)).float()
         sigma = float(self.config.get("network_smoothing") or 0.0)
         if sigma > 0:  # Gaussian smoothing of the network's field (voxels of its working grid) before IO
             ddf = GaussianFilter(self.spatial_dims, sigma).to(ddf.device)(ddf)
@@ -384,29 +387,34 @@ class Registrar:
     # ------------------------------------------------------------------ files
     @staticmethod
     def write(result: RegistrationResult, folder: str | os.PathLike, extra_files: Mapping[str, str] | None = None,
-              png: bool = True) -> Path:
-        """Write ``result`` into ``folder`` on the fixed grid and affine: ``warped_image``, ``warped_label`` (if
-        any), ``ddf`` (total, fixed voxels), ``ddf_itk`` (total, LPS mm, as ITK/ANTs write displacement fields),
-        ``jacobian`` (``.nii.gz``), ``transform.h5`` (ITK composite: the affine and the deformable field, applied by
-        ``antsApplyTransforms``, ITK and 3D Slicer to the *original* moving scan), ``metrics.json``/``.csv`` and
-        ``overview.png``. Files are staged in a folder of this run's own beside ``folder`` and published with a
-        rename only when all are written; a failure leaves nothing new."""
+              extras: str | Sequence[str] = ()) -> Path:
+        """Write ``result`` into ``folder`` on the fixed grid and affine: ``warped_image.nii.gz``,
+        ``warped_label.nii.gz`` (if any), ``transform.h5`` (ITK composite of the affine and the deformable field, the
+        one transform file: ``antsApplyTransforms``, ITK and 3D Slicer apply it to the *original* moving scan;
+        :func:`~monai_moe_reg.data.displacement_io.read_itk_transform` reads it back) and ``metrics.json``/``.csv``.
+
+        ``extras`` (a list or a comma-separated string; ``"all"``: every one) adds files on request, as large as
+        the field each: ``ddf`` (total DDF in fixed voxels, MONAI ``Warp`` convention), ``ddf_itk`` (the same in LPS
+        mm as ITK/ANTs write displacement fields), ``jacobian`` (its determinant), ``overview`` (a PNG). Files are
+        staged in a folder of this run's own beside ``folder`` and published with a rename only when all are
+        written; a failure leaves nothing new."""
         import json
 
         import nibabel as nib
 
         from monai_moe_reg.data.displacement_io import write_itk_displacement_nifti, write_itk_transform
 
+        wanted = parse_extras(extras)
         final = Path(folder)
         with staged_folder(final) as stage:
             affine = np.asarray(result.fixed.affine, dtype=np.float64)
             label = result.warped_label
-            arrays = {
-                "warped_image": result.warped_image[0].numpy().astype(np.float32),
-                "ddf": result.ddf.movedim(0, -1).numpy().astype(np.float32),
-                "jacobian": (result.jacobian if result.jacobian is not None else
-                             jacobian_determinant(result.ddf[None])[0]).numpy().astype(np.float32),
-            }
+            arrays = {"warped_image": result.warped_image[0].numpy().astype(np.float32)}
+            if "ddf" in wanted:
+                arrays["ddf"] = result.ddf.movedim(0, -1).numpy().astype(np.float32)
+            if "jacobian" in wanted:
+                arrays["jacobian"] = (result.jacobian if result.jacobian is not None else
+                                      jacobian_determinant(result.ddf[None])[0]).numpy().astype(np.float32)
             if label is not None:
                 dtype = np.int16 if int(label.max()) <= np.iinfo(np.int16).max else np.int32
                 arrays["warped_label"] = label[0].numpy().astype(dtype)
@@ -414,11 +422,12 @@ class Registrar:
             with ThreadPoolExecutor(max_workers=3) as pool:
                 jobs = [pool.submit(nib.save, nib.Nifti1Image(arr, affine), str(stage / f"{key}.nii.gz"))
                         for key, arr in arrays.items()]
-                jobs.append(pool.submit(write_itk_displacement_nifti, result.ddf, affine, stage / "ddf_itk.nii.gz"))
+                if "ddf_itk" in wanted:
+                    jobs.append(pool.submit(write_itk_displacement_nifti, result.ddf, affine, stage / "ddf_itk.nii.gz"))
                 if result.ddf.shape[0] == 3:
                     jobs.append(pool.submit(write_itk_transform, stage / "transform.h5", affine, result.world_affine,
                                             result.deformable))
-                if png:
+                if "overview" in wanted:
                     _overview(result, stage / "overview.png")
                 for job in jobs:
                     job.result()
@@ -430,6 +439,20 @@ class Registrar:
             for name, text in (extra_files or {}).items():
                 (stage / name).write_text(text)
         return final
+
+
+def parse_extras(extras: str | Sequence[str] | None) -> set[str]:
+    """The optional output files asked for (:meth:`Registrar.write`): a list or a comma-separated string of
+    :data:`EXTRAS`, or ``"all"``; an unknown name is an error naming the choices."""
+    if extras is None or extras == "" or extras == ():
+        return set()
+    names = [v.strip() for v in extras.split(",")] if isinstance(extras, str) else [str(v).strip() for v in extras]
+    if names == ["all"]:
+        return set(EXTRAS)
+    unknown = sorted(set(names) - set(EXTRAS))
+    if unknown:
+        raise ValueError(f"unknown extra output(s) {unknown}: choose from {', '.join(EXTRAS)} (or all).")
+    return set(names)
 
 
 def _warp_label(label: torch.Tensor, matrix: torch.Tensor, shape, ddf: torch.Tensor | None) -> torch.Tensor:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Grid", "pool_to", "level_factors", "voxel_grid", "map_points", "sample", "warp_through"]
+__all__ = ["Grid", "pool_to", "level_factors", "voxel_grid", "map_points", "sample", "warp_through", "to_canonical"]
 
 
 @dataclass(frozen=True)
@@ -140,3 +141,21 @@ def resample_field(ddf: torch.Tensor, source: Grid, target: Grid) -> torch.Tenso
     values = sample(ddf.float(), points, "bilinear", "border")
     to_target = (torch.linalg.inv(target.affine) @ source.affine)[:3, :3].to(ddf.device)  # source vox -> target vox
     return _apply_linear(to_target.float(), values)
+
+
+def to_canonical(image: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
+    """``image`` ``(B, C, *grid.shape)`` and its grid reoriented to the closest RAS axis order (MONAI's
+    ``Orientation(axcodes="RAS")``, which the bundles' training transforms apply): axes flipped and permuted only,
+    so every voxel keeps its value and its world position (no interpolation). Returns the image and its new grid;
+    fields computed on that grid map back through :func:`resample_field`. 2-D grids are returned unchanged."""
+    if len(grid.shape) != 3:
+        return image, grid
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(grid.affine.numpy())
+    flips = [2 + i for i, f in enumerate(ornt[:, 1]) if f < 0]
+    out = image.flip(flips) if flips else image
+    order = [int(v) for v in np.argsort(ornt[:, 0])]
+    out = out.permute(0, 1, *(2 + i for i in order))
+    to_old = torch.as_tensor(nib.orientations.inv_ornt_aff(ornt, grid.shape), dtype=torch.float64)
+    return out, Grid(tuple(int(grid.shape[i]) for i in order), grid.affine @ to_old)
