@@ -96,16 +96,28 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
         logging.getLogger(__name__).warning(
             "resume=True but no checkpoint*.pt in '%s' yet: starting a new run from epoch 1.", ckpt_dir)
         return None
+    import pickle
+
     for path in files:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=False)
+        try:  # never unpickle code: tensors, numbers, strings and the NumPy RNG state only
+            with torch.serialization.safe_globals(_numpy_globals()):
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"checkpoint '{path}' holds Python objects other than tensors and numbers, so it was not "
+                             "loaded (unpickling it could run code); delete it unless you trust where it came from."
+                             ) from err
         except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
             logging.getLogger(__name__).warning("skipping unreadable checkpoint %s (%s)", path, type(err).__name__)
             continue
         max_epochs = trainer.state.max_epochs
         if isinstance(state, dict) and "rng" in state:
             _restore_rng_at_first_epoch(trainer, state["rng"])
-        Checkpoint.load_objects(to_load=load_dict, checkpoint=state)
+        try:
+            Checkpoint.load_objects(to_load=load_dict, checkpoint=state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ValueError(f"checkpoint '{path}' does not fit this run's {', '.join(load_dict)} (was it written by "
+                             "another network_def or optimizer?): resume with the config that wrote it, or train "
+                             f"into another --ckpt_dir. ({str(err).splitlines()[0][:200]})") from err
         if max_epochs is not None:
             if trainer.state.epoch > max_epochs:
                 raise ValueError(f"checkpoint '{path}' is at epoch {trainer.state.epoch}, beyond max_epochs "

@@ -133,3 +133,44 @@ def test_network_weights_load_from_a_resumable_checkpoint(tmp_path):
     torch.save({"network": net.state_dict(), "rng": RNGState().state_dict()}, path)
     load_network_weights(other, path)
     assert torch.equal(other.weight, net.weight)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_resume_never_unpickles_code_and_names_a_checkpoint_of_another_network(tmp_path, monkeypatch):
+    """A booby-trapped checkpoint_*.pt is refused (weights_only) and its payload never runs; the real state (optimizer,
+    trainer, NumPy RNG state) still resumes; a checkpoint of another network is a one-line error, not a traceback."""
+    from monai_moe_reg.bundles import resume_from_latest
+    from monai_moe_reg.engines import RNGState
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"x": _Payload()}, tmp_path / "checkpoint_checkpoint_5.pt")
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters())
+    trainer = Engine(lambda e, b: None)
+    with pytest.raises(ValueError, match="holds Python objects other than tensors"):
+        resume_from_latest(trainer, tmp_path, {"network": net, "optimizer": opt, "trainer": trainer})
+    assert not (tmp_path / "PWNED").exists()
+
+    (tmp_path / "checkpoint_checkpoint_5.pt").unlink()
+    net.weight.grad = torch.ones_like(net.weight)
+    net.bias.grad = torch.ones_like(net.bias)
+    opt.step()
+    done = Engine(lambda e, b: None)
+    done.run([0], max_epochs=2)
+    torch.save({"network": net.state_dict(), "optimizer": opt.state_dict(), "trainer": done.state_dict(),
+                "rng": RNGState().state_dict()}, tmp_path / "checkpoint_checkpoint_2.pt")
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.Adam(fresh.parameters())
+    trainer = Engine(lambda e, b: None)
+    assert resume_from_latest(trainer, tmp_path, {"network": fresh, "optimizer": fresh_opt, "trainer": trainer})
+    assert torch.equal(fresh.weight, net.weight) and trainer.state.epoch == 2
+    with pytest.raises(ValueError, match="does not fit this run's network, optimizer, trainer"):
+        wide = torch.nn.Linear(4, 2)
+        resume_from_latest(Engine(lambda e, b: None), tmp_path,
+                           {"network": wide, "optimizer": torch.optim.Adam(wide.parameters()), "trainer": trainer})
