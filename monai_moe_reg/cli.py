@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -194,6 +195,7 @@ class CLI:
             The folder written.
         """
         from monai_moe_reg.apps.registration import Registrar, load_scan, parse_extras
+        from monai_moe_reg.data.staging import check_replaceable
 
         missing = [f"--{n}" for n, v in (("fixed", fixed), ("moving", moving), ("output", output)) if not v]
         if missing:
@@ -212,9 +214,11 @@ class CLI:
         _say(f"moving: {moving} ({_describe(mov)})")
         _say(f"network: {type(registrar.network).__name__ if registrar.network is not None else 'none'}; "
              f"affine: {affine}; instance optimisation: {'on' if enabled else 'off'}")
+        target = out_dir / _pair_name(moving, fixed)
+        _check_writable(out_dir)  # before the work: a read-only or foreign destination fails now, not after it
+        check_replaceable(target)
         result = registrar(fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled)
-        _check_writable(out_dir)
-        folder = Registrar.write(result, out_dir / _pair_name(moving, fixed), extras=extras)
+        folder = Registrar.write(result, target, extras=extras)
         m, t = result.metrics, result.timings
         if "dice" in m:
             _say(f"Dice {m['dice_unregistered']:.4f} -> {m['dice']:.4f}, HD95 {m['hd95_mm']:.2f} mm, "
@@ -422,11 +426,18 @@ def main(argv: list[str] | None = None) -> None:
 
     import fire
 
-    _import_monai_without_transchex()
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    def _terminated(signum, frame):  # SIGTERM ends the run like Ctrl-C: staging folders are removed on the way out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
+        _import_monai_without_transchex()
+        warnings.filterwarnings("ignore")
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
         fire.Fire(CLI(), command=argv, name="monai-moe-reg")
+    except KeyboardInterrupt:
+        print("monai-moe-reg: interrupted: nothing half-written was left (finished results are kept).", file=sys.stderr)
+        sys.exit(130)
     except (ValueError, OSError, KeyError, IndexError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"monai-moe-reg: error: {msg}".splitlines()[0], file=sys.stderr)

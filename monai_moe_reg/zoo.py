@@ -100,7 +100,9 @@ def export_zoo_bundle(
             ``models/model.pt`` (see :func:`zoo_state_dict`).
         overrides: config overrides used to build the network (e.g. ``{"llm": path}``); the copied configs are not
             changed.
-        force: replace an existing non-empty ``output``.
+        force: replace an earlier export in ``output``; a folder that holds anything an export does not write, or
+            that is (or is inside, or holds) the bundle itself, is never replaced. Everything is checked (the
+            weights load into the network) before the output is touched.
 
     Returns:
         the exported bundle folder.
@@ -109,39 +111,48 @@ def export_zoo_bundle(
     from monai_moe_reg.bundles import bundle_root, large_file_entries
     from monai_moe_reg.engines.checkpoints import atomic_save
 
+    from monai_moe_reg.data.staging import check_replaceable, staged_folder
+
     src = bundle_root(bundle)
     out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"'{out}' exists and is not empty: choose a new folder or pass --force.")
-        shutil.rmtree(out)
-    state = _trained_state(src, checkpoint, overrides)
+    a, b = out.resolve(), Path(src).resolve()
+    if a == b or b in a.parents or a in b.parents:
+        raise ValueError(f"output '{out}' is the bundle '{src}' it exports, or inside it, or holds it: export to a "
+                         "folder outside the bundle (e.g. model-zoo/models/<name>).")
+    written = set(_COPIED) | {"monai_moe_reg", "models"}
 
-    staging = out.with_name(f".{out.name}.{os.getpid()}.part")  # assembled aside, renamed when complete
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in _COPIED:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, staging / name, ignore=ignore)
-        elif (src / name).is_file():
-            shutil.copy2(src / name, staging / name)
-    shutil.copytree(Path(monai_moe_reg.__file__).parent, staging / "monai_moe_reg", ignore=ignore)
-    (staging / "models").mkdir()
-    for entry in large_file_entries(src):  # committed files (no URL) travel with the bundle; the rest are downloaded
-        if not entry.get("url") and (src / entry["path"]).is_file():
-            (staging / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / entry["path"], staging / entry["path"])
-    atomic_save(state, staging / "models" / "model.pt")
-    meta_path = staging / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    packages = {k: v for k, v in meta.get("required_packages_version", {}).items() if k != "monai-moe-reg"}
-    meta["required_packages_version"] = {**packages, **zoo_requirements()}
-    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
-    if out.exists():
-        out.rmdir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
+    def replaceable(folder: Path) -> list[str]:  # --force replaces an earlier export only, never other files
+        if not force:
+            return sorted(p.name for p in folder.iterdir())
+        return sorted(p.name for p in folder.iterdir() if p.name not in written)
+
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"'{out}' exists and is not a folder: choose a new folder.")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"'{out}' exists and is not empty: choose a new folder, or pass --force to replace "
+                              "an earlier export there.")
+    check_replaceable(out, replaceable)
+    state = _trained_state(src, checkpoint, overrides)  # every input checked before anything is written
+
+    with staged_folder(out, replaceable, marker=False) as staging:  # assembled aside, renamed when complete
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in _COPIED:
+            if (src / name).is_dir():
+                shutil.copytree(src / name, staging / name, ignore=ignore)
+            elif (src / name).is_file():
+                shutil.copy2(src / name, staging / name)
+        shutil.copytree(Path(monai_moe_reg.__file__).parent, staging / "monai_moe_reg", ignore=ignore)
+        (staging / "models").mkdir(exist_ok=True)
+        for entry in large_file_entries(src):  # committed files (no URL) travel with the bundle; the rest download
+            if not entry.get("url") and (src / entry["path"]).is_file():
+                (staging / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / entry["path"], staging / entry["path"])
+        atomic_save(state, staging / "models" / "model.pt")
+        meta_path = staging / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        packages = {k: v for k, v in meta.get("required_packages_version", {}).items() if k != "monai-moe-reg"}
+        meta["required_packages_version"] = {**packages, **zoo_requirements()}
+        meta_path.write_text(json.dumps(meta, indent=4) + "\n")
     return out
 
 

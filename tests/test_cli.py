@@ -328,3 +328,27 @@ def test_llm_morph_without_its_llm_is_one_line_naming_the_fetch_and_network_off(
         assert code == 2 and len(err.splitlines()) == 1, (args, err)
         assert "does not exist" in err and "llm.fetch" in err, (args, err)
     assert not (tmp_path / "net.ts").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_register_ends_with_one_line_and_leaves_nothing(pair_files, tmp_path, sig):
+    """Ctrl-C or a scheduler's SIGTERM mid-registration: exit status 130, one line on stderr, no traceback, and no
+    result or staging folder left behind."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai_moe_reg.cli", "register", "--fixed", pair_files["fixed"], "--moving",
+           pair_files["moving"], "--output", str(out), "--bundle", SHMOAREG, "--network", "off",
+           "--instance-opt", "100000", "--affine", "off"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PAGER": "cat"})
+    for line in proc.stdout:  # the run has started registering once it printed its plan
+        if line.startswith("network:"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("monai-moe-reg: interrupted")
+    assert not out.exists() or not any(out.iterdir())

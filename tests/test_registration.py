@@ -3,6 +3,8 @@ transform files, atlas segmentation and atomic publishing, on small synthetic vo
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -167,8 +169,8 @@ def test_atlas_segmentation_with_a_moving_label_alone(registrar, tmp_path):
     folder = Registrar.write(result, tmp_path / "out" / "atlas")
     assert (folder / "warped_label.nii.gz").is_file() and (folder / "transform.h5").is_file()
     # only what was asked for beyond the warped scans, the one transform file and the metrics
-    assert sorted(p.name for p in folder.iterdir()) == ["metrics.csv", "metrics.json", "transform.h5",
-                                                        "warped_image.nii.gz", "warped_label.nii.gz"]
+    assert sorted(p.name for p in folder.iterdir()) == [".monai-moe-reg.json", "metrics.csv", "metrics.json",
+                                                        "transform.h5", "warped_image.nii.gz", "warped_label.nii.gz"]
     with pytest.raises(ValueError, match=r"unknown extra output\(s\) \['jacobians'\]: choose from ddf"):
         Registrar.write(result, tmp_path / "out" / "typo", extras="ddf,jacobians")
     assert not (tmp_path / "out" / "typo").exists()
@@ -226,6 +228,48 @@ def test_publishing_is_atomic_and_a_failure_leaves_nothing(registrar, tmp_path, 
         Registrar.write(result, out / "other")
     assert sorted(p.name for p in out.iterdir()) == ["pair"]  # no staging folder, no half-written pair
     json.loads((first / "metrics.json").read_text())
+
+
+def test_publishing_never_replaces_files_it_did_not_write_and_cleans_up_after_killed_runs(registrar, tmp_path):
+    """A result folder holding the user's own files is never replaced (the error names them); our own earlier
+    result is; staging folders of dead runs are removed and a destination a kill left moved aside is put back;
+    long names fit and the folder gets the usual permissions."""
+    import os
+
+    from monai_moe_reg.data.staging import MARKER
+
+    pair = synthetic_pair((32, 32, 32), max_disp=2.0, seed=6)
+    files = _files(tmp_path, pair)
+    result = registrar(files["fixed_image"], files["moving_image"], affine="only")
+    out = tmp_path / "res"
+    (out / "pair").mkdir(parents=True)
+    (out / "pair" / "moving.nii.gz").write_bytes(b"the user's scan")
+    with pytest.raises(FileExistsError, match=r"did not write \(moving.nii.gz\)"):
+        Registrar.write(result, out / "pair")
+    assert (out / "pair" / "moving.nii.gz").read_bytes() == b"the user's scan"
+    assert sorted(p.name for p in out.iterdir()) == ["pair"]
+
+    first = Registrar.write(result, out / "mine")
+    assert json.loads((first / MARKER).read_text())["files"]
+    assert oct(first.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".mine.{dead.pid}.abc.part").mkdir()  # a killed run's staging folder
+    Registrar.write(result, out / "mine")  # our own earlier result: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["mine", "pair"]
+    first.replace(out / f".mine.{dead.pid}.xyz.old")  # killed between the two renames of a replacement
+    Registrar.write(result, out / "other")
+    assert (out / "mine" / "warped_image.nii.gz").is_file()
+    long = Registrar.write(result, out / ("n" * 250))
+    assert long.is_dir() and not [p for p in out.iterdir() if p.name.endswith((".part", ".old"))]
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_multichannel_binary_label_files_become_one_label_map(tmp_path):

@@ -57,6 +57,20 @@ def test_exported_bundle_passes_zoo_checks(bundle, tmp_path):
     assert export_zoo_bundle(bundle, out, ckpt, overrides=network) == out
     with pytest.raises(FileExistsError, match="--force"):
         export_zoo_bundle(bundle, out, ckpt, overrides=network)
+    # --force replaces an earlier export only after every input checked out, and never other files
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        export_zoo_bundle(bundle, out, tmp_path / "bad.pt", overrides=network, force=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"did not write \(notes.txt\)"):
+        export_zoo_bundle(bundle, out, ckpt, overrides=network, force=True)
+    (out / "notes.txt").unlink()
+    assert export_zoo_bundle(bundle, out, ckpt, overrides=network, force=True) == out
+    with pytest.raises(ValueError, match="is the bundle"):
+        export_zoo_bundle(out, out, ckpt, overrides=network, force=True)
+    assert (out / "configs" / "metadata.json").is_file()
     if bundle == "llm_morph":
         (out / "models" / SMOLLM2["file"]).write_bytes(llm.read_bytes())
         network.pop("llm")  # from here on the bundle's own configs find it (monai_moe_reg.llm.bundle_llm)

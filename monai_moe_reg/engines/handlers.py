@@ -133,10 +133,13 @@ class RegistrationWriter:
     ITK/ANTs/Slicer; see :mod:`monai_moe_reg.data.displacement_io`), ``jacobian.nii.gz``, ``expert_map_{x,y,z}.nii.gz``
     (SHMoAReg: the selected SHMoE expert per voxel and direction, paper Fig. 2) and ``overview.png`` (fixed, moving,
     warped, deformed grid, expert map on the middle slice). Each pair's files are written into a temporary folder
-    that is renamed when complete, so a failure never leaves a half-written pair."""
+    that is renamed when complete, so a failure never leaves a half-written pair. Pairs of one run whose file names
+    coincide (``s1/image -> s2/image`` and ``s3/image -> s2/image``) get ``_2``, ``_3``... so none overwrites another,
+    and a folder holding files this program did not write is never replaced (:mod:`monai_moe_reg.data.staging`)."""
 
     def __init__(self, output_dir: str | os.PathLike, png: bool = True, itk_ddf: bool = True) -> None:
         self.output_dir = Path(output_dir)
+        self._used: set[str] = set()
         self.png = png
         self.itk_ddf = itk_ddf
 
@@ -146,7 +149,15 @@ class RegistrationWriter:
     def __call__(self, engine: Engine) -> None:
         out = engine.state.output
         for b, name in enumerate(pair_names(engine.state.batch)):
-            self.write_pair(name, out, b)
+            self.write_pair(self._unique(name), out, b)
+
+    def _unique(self, name: str) -> str:
+        k, out = 1, name
+        while out in self._used:
+            k += 1
+            out = f"{name}_{k}"
+        self._used.add(out)
+        return out
 
     def write_pair(self, name: str, out: dict, b: int = 0, extra_files: dict[str, str] | None = None) -> Path:
         """Write pair ``b`` of ``out`` (the evaluator's output layout) to ``<output_dir>/<name>/``; ``extra_files``
