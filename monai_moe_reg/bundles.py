@@ -297,6 +297,24 @@ def _read_weights(path: Path) -> dict:
     return state
 
 
+def _saved_network_config(path: Path) -> dict | None:
+    """The network class and settings recorded with a weights file: its ``<file>.json`` sidecar (``model.pt``) or
+    the ``network`` entry of a safetensors file's metadata; ``None`` when none was recorded."""
+    import json
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                text = (fh.metadata() or {}).get("network")
+            return json.loads(text) if text else None
+        side = path.with_name(path.name + ".json")
+        return json.loads(side.read_text()).get("network") if side.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_network_weights(network, path: str | os.PathLike, bundle: str | os.PathLike = "") -> None:
     """Load a state dict (``.safetensors``, or a PyTorch file holding a state dict or a checkpoint dict with a
     ``network`` entry) from ``path`` into ``network``. A file listed in its bundle's ``large_files.yml`` must match
@@ -313,6 +331,12 @@ def load_network_weights(network, path: str | os.PathLike, bundle: str | os.Path
                 "corrupt or was replaced; restore it (git checkout, or download it again)."
             )
     state = _read_weights(path)
+    from monai_moe_reg.networks.config import config_mismatch
+
+    differ = config_mismatch(_saved_network_config(path), network)
+    if differ:
+        raise ValueError(f"checkpoint '{path}' was trained with other network settings ({'; '.join(differ)}): build "
+                         "the network as it was trained (network_def), or train one for these settings.")
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -66,9 +66,12 @@ def zoo_state_dict(network: torch.nn.Module, limit: int = ZOO_FILE_LIMIT) -> dic
     return state
 
 
-def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | None) -> dict[str, torch.Tensor]:
+def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | None,
+                   with_config: bool = False):
     """``checkpoint`` loaded into the bundle's ``network_def`` (built with ``overrides``; weights that do not fit are
-    refused), returned as :func:`zoo_state_dict`."""
+    refused), returned as :func:`zoo_state_dict` (and the network's recorded settings with ``with_config``)."""
+    from monai_moe_reg.networks.config import network_config
+
     from monai_moe_reg.bundles import build_network, bundle_config, load_network_weights
 
     parser = bundle_config(src)
@@ -76,7 +79,7 @@ def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | N
         parser[key] = value
     network = build_network(parser)
     load_network_weights(network, checkpoint, src)
-    return zoo_state_dict(network)
+    return (zoo_state_dict(network), network_config(network)) if with_config else zoo_state_dict(network)
 
 
 def _write_bytes(data: bytes, fh) -> None:
@@ -226,8 +229,9 @@ def ship_weights(
     from monai_moe_reg.engines.checkpoints import atomic_save
 
     src = bundle_root(bundle)
-    state = {k: v.contiguous() for k, v in _trained_state(src, checkpoint, overrides).items()}
-    data = save(state, metadata={"source": Path(checkpoint).name})
+    state, config = _trained_state(src, checkpoint, overrides, with_config=True)
+    state = {k: v.contiguous() for k, v in state.items()}
+    data = save(state, metadata={"source": Path(checkpoint).name, "network": json.dumps(config)})
     digest = hashlib.sha256(data).hexdigest()
     target = atomic_save(data, src / "models" / filename, writer=_write_bytes)
     rel = f"models/{filename}"

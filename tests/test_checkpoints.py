@@ -82,7 +82,9 @@ def test_best_model_is_never_replaced_by_worse_weights_also_after_a_resume(tmp_p
         torch.nn.init.constant_(net.weight, weight)
         saver(_evaluator_with(value, epoch))
     assert float(torch.load(tmp_path / "model.pt")["weight"][0, 0]) == 2.0
-    assert json.loads((tmp_path / "model.pt.json").read_text()) == {"metric": "val_dice", "value": 0.7, "epoch": 2}
+    side = json.loads((tmp_path / "model.pt.json").read_text())
+    assert {k: side[k] for k in ("metric", "value", "epoch")} == {"metric": "val_dice", "value": 0.7, "epoch": 2}
+    assert side["network"]["class"] == "torch.nn.modules.linear.Linear"
     resumed = BestModelSaver(str(tmp_path), net)  # a resumed run reads the best so far
     resumed.attach(Engine(lambda e, b: None))
     torch.nn.init.constant_(net.weight, 5.0)
@@ -174,3 +176,31 @@ def test_resume_never_unpickles_code_and_names_a_checkpoint_of_another_network(t
         wide = torch.nn.Linear(4, 2)
         resume_from_latest(Engine(lambda e, b: None), tmp_path,
                            {"network": wide, "optimizer": torch.optim.Adam(wide.parameters()), "trainer": trainer})
+
+
+def test_model_pt_only_from_a_trained_network_of_this_architecture(tmp_path):
+    """The validation before training (epoch 0) writes nothing, however good; a model.pt of another network is
+    moved aside at the start of a new run, not kept as its best; loading refuses weights whose recorded settings
+    differ from the network's (a state dict would load into diffeomorphic=True silently)."""
+    from monai_moe_reg.bundles import load_network_weights
+    from monai_moe_reg.networks.nets import SHMoAReg
+
+    from .conftest import tiny_shmoareg_kwargs
+
+    net = SHMoAReg(3, **tiny_shmoareg_kwargs())
+    saver = BestModelSaver(str(tmp_path), net)
+    saver.attach(Engine(lambda e, b: None))
+    saver(_evaluator_with(1.0, 0))  # before any training, e.g. a pair with moving == fixed
+    assert not (tmp_path / "model.pt").exists() and saver.best is None
+    saver(_evaluator_with(0.8, 1))
+    assert (tmp_path / "model.pt").is_file()
+
+    diffeo = SHMoAReg(3, **tiny_shmoareg_kwargs(diffeomorphic=True))
+    with pytest.raises(ValueError, match=r"other network settings \(diffeomorphic: False -> True\)"):
+        load_network_weights(diffeo, tmp_path / "model.pt")
+    load_network_weights(SHMoAReg(3, **tiny_shmoareg_kwargs(check_values=False)), tmp_path / "model.pt")
+
+    other = BestModelSaver(str(tmp_path), diffeo)  # a new run with another architecture
+    other.attach(Engine(lambda e, b: None))
+    assert not (tmp_path / "model.pt").exists() and (tmp_path / "model.previous-1.pt").is_file()
+    assert (tmp_path / "model.previous-1.pt.json").is_file() and other.best is None

@@ -143,9 +143,15 @@ class ResumableCheckpointSaver:
 
 class BestModelSaver:
     """Keeps ``<save_dir>/<filename>`` (the network's state dict) at the best validation key metric so far, with a
-    sidecar ``<filename>.json`` (metric name, value, epoch) that a resumed run reads, so weights that validate worse
+    sidecar ``<filename>.json`` (metric name, value, epoch, and the network's class and settings,
+    :func:`~monai_moe_reg.networks.config.network_config`) that a resumed run reads, so weights that validate worse
     than the saved ones never replace them. A NaN metric (e.g. validation pairs without labels) saves nothing and
     says so. Attach to the evaluator.
+
+    Only a trained network is saved: the validation before the first epoch (``ValidationHandler(exec_at_start)``,
+    epoch 0) is logged as the starting point and saves nothing (a run shorter than the validation interval writes no
+    ``model.pt``, so ``register`` keeps using the shipped weights). A ``model.pt`` of another network (class or settings)
+    found at the start is moved aside to ``<stem>.previous-<n>.pt`` (with its sidecar), never kept as this run's.
 
     Args:
         save_dir: folder.
@@ -166,12 +172,30 @@ class BestModelSaver:
         return self.path.with_name(self.path.name + ".json")
 
     def attach(self, engine: Engine) -> None:
+        from monai_moe_reg.networks.config import config_mismatch
+
         if self.path.is_file() and self.sidecar.is_file():
             try:
-                self.best = float(json.loads(self.sidecar.read_text())["value"])
+                saved = json.loads(self.sidecar.read_text())
+                best = float(saved["value"])
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring unreadable %s", self.sidecar)
+            else:
+                if config_mismatch(saved.get("network"), self.network):
+                    self._move_aside(config_mismatch(saved.get("network"), self.network))
+                else:
+                    self.best = best
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _move_aside(self, why: list[str]) -> None:
+        n = 1
+        while self.path.with_name(f"{self.path.stem}.previous-{n}{self.path.suffix}").exists():
+            n += 1
+        target = self.path.with_name(f"{self.path.stem}.previous-{n}{self.path.suffix}")
+        self.sidecar.replace(target.with_name(target.name + ".json"))
+        self.path.replace(target)
+        logger.warning("%s is of another network (%s): moved to %s; this run saves its own", self.path.name,
+                       "; ".join(why), target.name)
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -186,13 +210,20 @@ class BestModelSaver:
                            self.path.name)
             return
         value = float(value)
+        if int(engine.state.epoch) < 1:  # validation before any training: a reference, never a model to keep
+            logger.info("%s %.4f before training (the weights it starts from); %s is written from trained epochs only",
+                        name, value, self.path.name)
+            return
         dist = torch.distributed
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not self._better(value) or rank != 0:
             return
         module = getattr(self.network, "module", self.network)
         atomic_save(module.state_dict(), self.path)
-        atomic_save({"metric": name, "value": value, "epoch": int(engine.state.epoch)}, self.sidecar,
+        from monai_moe_reg.networks.config import network_config
+
+        atomic_save({"metric": name, "value": value, "epoch": int(engine.state.epoch),
+                     "network": network_config(module)}, self.sidecar,
                     writer=lambda obj, fh: fh.write(json.dumps(obj).encode()))
         self.best = value
         logger.info("new best %s %.4f at epoch %d: saved %s", name, value, engine.state.epoch, self.path)

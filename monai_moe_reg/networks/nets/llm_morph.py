@@ -18,6 +18,7 @@ from monai_moe_reg.networks.blocks.llm_encoding_block import LLMEncodingBlock, V
 from monai_moe_reg.networks.blocks.llm_morph_decoder import LLMMorphDecoder
 from monai_moe_reg.networks.blocks.pyramid_cnn_encoder import PyramidCNNEncoder
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
+from monai_moe_reg.networks.config import record_config
 from monai_moe_reg.networks.export import script_at_grid
 from monai_moe_reg.networks.utils import check_pair_output, crop_spatial, encode_pair, pad_to_multiple, prepare_pair_input
 
@@ -27,6 +28,7 @@ LEB_TYPES = ("llm", "vit")
 DESIGNS = ("paper", "pyramid")
 
 
+@record_config
 class LLMMorph(nn.Module):
     """LLM-Morph (Ma, Wang et al., AAAI 2025) for multimodal deformable registration.
 

@@ -11,12 +11,14 @@ from torch import nn
 
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
 from monai_moe_reg.networks.blocks.swin_encoder import SwinRegEncoder
+from monai_moe_reg.networks.config import record_config
 from monai_moe_reg.networks.export import script_at_grid
 from monai_moe_reg.networks.utils import check_pair_output, crop_spatial, encode_pair, pad_to_multiple, prepare_pair_input
 
 __all__ = ["SHMoAReg"]
 
 
+@record_config
 class SHMoAReg(nn.Module):
     """SHMoAReg (Zheng et al., 2025): Mixture of Attention heads in a Swin encoder, SHMoE heads in the decoder.
 
