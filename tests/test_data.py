@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -231,3 +232,34 @@ def test_bad_cache_mode_and_atlas_without_image_are_named(tmp_path):
         training_pairs(path, "training", cache="disk")
     with pytest.raises(ValueError, match="'atlas' pairing but has no 'atlas'"):
         training_pairs(path, "atlas_set")
+
+
+def test_no_demo_data_among_user_scans_and_no_section_dropped_silently(tmp_path):
+    """A dataset_dir holding scans but no datalist.json is an error naming `prepare` (nothing is written there); the
+    demo set goes to an empty or new folder and `prepare` refuses it as scans; a split that leaves a section one
+    subject (no pair) is an error, and the default split never does."""
+    from monai_moe_reg.data.demo_dataset import ensure_datalist
+    from monai_moe_reg.data.layouts import prepare_datalist
+
+    mine = tmp_path / "my_scans"
+    (mine / "images").mkdir(parents=True)
+    (mine / "labels").mkdir()
+    for i in range(5):
+        for sub in ("images", "labels"):
+            nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(mine / sub / f"s{i}.nii.gz"))
+    before = sorted(p.name for p in mine.rglob("*"))
+    with pytest.raises(ValueError, match="holds files but no datalist.json: write one for your scans with"):
+        ensure_datalist(mine)
+    assert sorted(p.name for p in mine.rglob("*")) == before
+    demo = Path(ensure_datalist(tmp_path / "demo", size=16))
+    assert demo.is_file() and (demo.parent / "SYNTHETIC_DEMO_DATA.txt").is_file()
+    with pytest.raises(ValueError, match="synthetic demo set"):
+        prepare_datalist("folder", demo.parent, tmp_path / "d.json")
+    with pytest.raises(ValueError, match="validation section gets 1 subject"):
+        prepare_datalist("folder", mine, tmp_path / "d.json", split="3,1,1")
+    for n in (5, 10):
+        for i in range(5, n):
+            for sub in ("images", "labels"):
+                nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(mine / sub / f"s{i}.nii.gz"))
+        data = json.loads(prepare_datalist("folder", mine, tmp_path / "d.json").read_text())
+        assert all(len(sec["subjects"]) >= 2 for sec in data.values()) and len(data) >= 2, data.keys()

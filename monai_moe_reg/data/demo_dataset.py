@@ -14,6 +14,7 @@ from monai_moe_reg.data.synthetic import synthetic_pair
 __all__ = ["DATALIST_NAME", "ensure_datalist", "write_demo_dataset"]
 
 DATALIST_NAME = "datalist.json"
+DEMO_MARKER = "SYNTHETIC_DEMO_DATA.txt"  # says what the folder is, to users and to ensure_datalist
 
 
 def write_demo_dataset(
@@ -32,6 +33,8 @@ def write_demo_dataset(
     ``datalist.json`` with ``training``/``validation``/``testing`` sections. Files are written to a temporary name and
     renamed, so an interrupted run never leaves a half-written datalist. Returns the datalist path."""
     root = Path(dataset_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text("synthetic demo set being written by monai-moe-reg\n")
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     affine = np.diag([spacing, spacing, spacing, 1.0])
@@ -51,22 +54,37 @@ def write_demo_dataset(
             sections[section].append(entry)
             idx += 1
     target = root / DATALIST_NAME
+    (root / DEMO_MARKER).write_text("synthetic demo set written by monai-moe-reg (monai_moe_reg.data.write_demo_dataset)\n")
     tmp = target.with_suffix(f".json.{os.getpid()}.part")
     tmp.write_text(json.dumps(sections, indent=1))
     tmp.replace(target)
     return target
 
 
+def _demo_marker(folder: Path) -> Path | None:
+    """The marker of a demo set this module wrote into ``folder`` (a killed write may be resumed there)."""
+    marker = folder / DEMO_MARKER
+    return marker if marker.is_file() else None
+
+
 def ensure_datalist(dataset_dir: str | os.PathLike, demo: str = "mono", **kwargs) -> str:
-    """``dataset_dir/datalist.json`` if it exists; otherwise write the demo set there first (``demo``: ``"mono"`` or
-    ``"multimodal"``) and return its datalist. Point ``dataset_dir`` at a folder holding your own datalist.json to
-    train on real data. In a multi-process (torch.distributed) run, rank 0 writes the demo set and the other ranks
+    """``dataset_dir/datalist.json`` if it exists; otherwise, when ``dataset_dir`` is absent or empty (a folder for
+    the demo set alone), write the demo set there first (``demo``: ``"mono"`` or ``"multimodal"``) and return its
+    datalist. A folder that holds anything but no datalist.json is an error naming ``monai-moe-reg prepare``: synthetic
+    files are never written among a user's scans. Point ``dataset_dir`` at a folder holding your own datalist.json
+    to train on real data. In a multi-process (torch.distributed) run, rank 0 writes the demo set and the other ranks
     wait at a barrier, so they never race on the same files."""
     import torch.distributed as dist
 
     if demo not in ("mono", "multimodal"):
         raise ValueError(f"demo must be 'mono' or 'multimodal', got {demo!r}.")
     target = Path(dataset_dir) / DATALIST_NAME
+    folder = Path(dataset_dir)
+    if not target.is_file() and folder.is_dir() and _demo_marker(folder) is None and any(folder.iterdir()):
+        raise ValueError(
+            f"dataset_dir '{folder}' holds files but no {DATALIST_NAME}: write one for your scans with `monai-moe-reg "
+            f"prepare --layout folder --root {folder} --output {target}` (images/ and labels/ of the same names), or "
+            "give an empty or new folder for the synthetic demo set.")
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     # in a multi-process run only rank 0 writes the demo set; the others wait for it
     if not target.is_file() and (not distributed or dist.get_rank() == 0):

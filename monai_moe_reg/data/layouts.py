@@ -44,8 +44,17 @@ def _split(items: list, split: str | tuple | None, default: tuple[int, ...] | No
 
 def _subject_sections(subjects: list[dict], split, default, pairing: str) -> dict:
     parts = _split(subjects, split, default, "subjects")
+    if split is None and pairing == "all":  # a default split never leaves a section 1 subject (no pair)
+        counts = [len(p) for p in parts]
+        for i in (1, 2):
+            if counts[i] == 1 and counts[0] > 3:
+                counts[0], counts[i] = counts[0] - 1, 2
+        parts = _split(subjects, tuple(counts), None, "subjects")
     out = {}
     for name, part in zip(("training", "validation", "testing"), parts):
+        if len(part) == 1 and pairing == "all":
+            raise ValueError(f"the {name} section gets 1 subject, and pairs within a section need 2: give it 2 or more "
+                             "(--split train,val,test counts subjects) or 0, or use --pairing atlas.")
         if len(part) >= 2 or (pairing == "atlas" and part):
             sec = {"subjects": part, "pairing": pairing}
             if pairing == "atlas":
@@ -79,6 +88,10 @@ def prepare_datalist(
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}.")
     if pairing not in ("all", "atlas"):
         raise ValueError(f"pairing must be 'all' or 'atlas', got {pairing!r}.")
+    from monai_moe_reg.data.demo_dataset import DEMO_MARKER
+
+    if (root / DEMO_MARKER).is_file():
+        raise ValueError(f"'{root}' holds the synthetic demo set ({DEMO_MARKER}), not scans: point --root at your data.")
     if layout in ("oasis", "btcv", "folder"):
         img_dir = _require(root / ("images" if layout == "folder" else "imagesTr"), "image")
         lab_dir = root / ("labels" if layout == "folder" else "labelsTr")
