@@ -270,22 +270,32 @@ class CLI:
 
         out = Path(output)
         pairs = load_pairs(datalist, section)
+        _check_writable(out.parent if str(out.parent) else Path("."))  # before the work, not after it
         enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic, io_regularise)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
-        rows = []
+        rows, failed = [], []
+        fields = ["pair", *METRIC_NAMES, "seconds"]
         for i, p in enumerate(pairs):
-            result = registrar(p["fixed_image"], p["moving_image"], p.get("fixed_label"), p.get("moving_label"),
-                               affine=affine, instance_opt=enabled)
+            name = _pair_name(p["moving_image"], p["fixed_image"])
+            try:
+                result = registrar(p["fixed_image"], p["moving_image"], p.get("fixed_label"), p.get("moving_label"),
+                                   affine=affine, instance_opt=enabled)
+            except (ValueError, OSError, RuntimeError) as err:  # one bad scan never discards the finished rows
+                failed.append(f"{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+                _say(f"[{i + 1}/{len(pairs)}] {name}: FAILED ({failed[-1].split(': ', 1)[1]})")
+                continue
             m = result.metrics
-            rows.append({"pair": _pair_name(p["moving_image"], p["fixed_image"]),
-                         **{k: m.get(k, float("nan")) for k in METRIC_NAMES}, "seconds": result.timings["total"]})
-            _say(f"[{i + 1}/{len(pairs)}] {rows[-1]['pair']}: dice {rows[-1]['dice']:.4f} "
-                 f"({result.timings['total']:.1f} s)")
-        _check_writable(out.parent if str(out.parent) else Path("."))
+            rows.append({"pair": name, **{k: m.get(k, float("nan")) for k in METRIC_NAMES},
+                         "seconds": result.timings["total"]})
+            _write_text(out, _csv(rows, fields))  # every finished row is on disk at once
+            _say(f"[{i + 1}/{len(pairs)}] {name}: dice {rows[-1]['dice']:.4f} ({result.timings['total']:.1f} s)")
         table = _metric_table(rows)
-        _write_text(out, _csv(rows, ["pair", *METRIC_NAMES, "seconds"]))
+        _write_text(out, _csv(rows, fields))
         _write_text(out.with_name(out.stem + "_summary.md"), table + "\n")
         _say(table)
+        if failed:
+            raise ValueError(f"{len(failed)} of {len(pairs)} pairs failed (the {len(rows)} finished rows are in "
+                             f"{out}); first: {failed[0]}")
         return table
 
     def prepare(

@@ -142,6 +142,17 @@ def test_evaluate_over_a_datalist(tmp_path, checkpoint):
     assert rows[0].startswith("pair,dice,hd95_mm") and len(rows) == 3
     assert "| dice |" in table and (tmp_path / "m_summary.md").is_file()
 
+    # one unreadable scan among the pairs: the finished rows are kept and the failure is named at the end
+    data = json.loads(Path(datalist).read_text())
+    bad = tmp_path / "data" / "truncated.nii.gz"
+    whole = Path(tmp_path / "data" / data["testing"][0]["moving_image"]).read_bytes()
+    bad.write_bytes(whole[: len(whole) * 3 // 5])  # the header reads (the start-up check passes), the voxels do not
+    data["testing"].insert(1, {**data["testing"][0], "moving_image": str(bad)})
+    Path(datalist).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"1 of 3 pairs failed \(the 2 finished rows are in .*m2.csv\); first: trunc"):
+        CLI().evaluate(datalist, bundle=SHMOAREG, checkpoint=checkpoint, output=str(tmp_path / "m2.csv"), instance_opt=2)
+    assert len((tmp_path / "m2.csv").read_text().splitlines()) == 3
+
 
 def _touch_images(folder: Path, names):
     folder.mkdir(parents=True, exist_ok=True)
@@ -153,7 +164,8 @@ def _touch_images(folder: Path, names):
     "layout, files, split, expected",
     [
         ("oasis", {"imagesTr": [f"OASIS_{i:04d}_0000.nii.gz" for i in range(1, 6)],
-                   "labelsTr": [f"OASIS_{i:04d}_0000.nii.gz" for i in range(1, 6)]}, "3,1,1", {"training": 6}),
+                   "labelsTr": [f"OASIS_{i:04d}_0000.nii.gz" for i in range(1, 6)]}, "3,2,0",
+         {"training": 6, "validation": 2}),
         ("btcv", {"imagesTr": [f"img{i:04d}.nii.gz" for i in range(1, 5)],
                   "labelsTr": [f"label{i:04d}.nii.gz" for i in range(1, 5)]}, "2,0,2", {"training": 2, "testing": 2}),
         ("abdomenmrct", {"imagesTr": [f"AbdomenMRCT_{i:04d}_000{m}.nii.gz" for i in range(1, 4) for m in (0, 1)],
@@ -162,7 +174,7 @@ def _touch_images(folder: Path, names):
         ("srreg", {"volumes_center": [f"s{i}_{m}.nii.gz" for i in range(3) for m in ("mr", "ct")],
                    "seg_center": [f"s{i}.nii.gz" for i in range(3)]}, "2,1,0", {"training": 2, "validation": 1}),
         ("folder", {"images": [f"c{i}.nii.gz" for i in range(4)], "labels": [f"c{i}.nii.gz" for i in range(4)]},
-         "3,0,1", {"training": 6}),
+         "2,0,2", {"training": 2, "testing": 2}),
     ],
 )
 def test_prepare_layouts(layout, files, split, expected, tmp_path):
