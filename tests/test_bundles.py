@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +301,29 @@ def test_paper_recipes_merge_with_train_json(bundle, recipe, expected):
     for key, value in expected.items():
         assert parser[key] == value, key
     assert parser["train#dataset"].startswith("$monai_moe_reg.data.training_pairs")
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"max_epochs": 0}, "max_epochs must be a whole number of at least 1, got 0"),
+    ({"val_interval": 0}, "val_interval must be a whole number of at least 1, got 0"),
+    ({"epoch_length": 0}, "epoch_length must be a whole number of at least 1 .or null"),
+    ({"cache": "disk", "cache_dir": "/proc/no_such_cache"}, "cache 'disk': cannot create cache_dir"),
+    ({"cache": "ram"}, "cache must be one of"),
+    ({"device": "cuda:abc"}, "device 'cuda:abc' is not a device name"),
+])
+def test_bad_training_overrides_are_named_before_anything_is_built(override, message, tmp_path):
+    """train.json checks the settings users override on the command line first: one error naming the setting,
+    before any network, dataset or cache is built."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(ROOT / "bundles" / "shmoareg" / "configs" / "train.json"), workflow_type="train",
+                        bundle_root=str(ROOT / "bundles" / "shmoareg"), dataset_dir=str(tmp_path / "data"),
+                        ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), **override)
+    with pytest.raises(Exception) as err:
+        wf.initialize()
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__
+    assert any(re.search(message, c) for c in chain), chain
+    assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()

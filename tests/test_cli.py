@@ -203,6 +203,7 @@ def test_fetch_llm_and_export(tmp_path, monkeypatch, checkpoint, capsys):
     ts = CLI().export(bundle=SHMOAREG, output=str(tmp_path / "net.ts"), checkpoint=checkpoint, size=32)
     traced = torch.jit.load(ts)
     assert traced(torch.rand(1, 2, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+    assert traced(torch.rand(1, 2, 48, 40, 36)).shape == (1, 3, 48, 40, 36)  # any size, resampled to its grid
 
 
 def test_bad_inputs_give_one_line_errors_and_write_nothing(pair_files, checkpoint, tmp_path, capsys):

@@ -10,6 +10,7 @@ from monai_moe_reg.engines.checkpoints import (
 )
 from monai_moe_reg.engines.evaluator import RegistrationEvaluator
 from monai_moe_reg.engines.handlers import PairMetric, PairMetricsSaver, RegistrationWriter, loss_terms, pair_names
+from monai_moe_reg.engines.settings import check_device, check_training_settings
 from monai_moe_reg.engines.trainer import RegistrationTrainer
 from monai_moe_reg.engines.utils import autocast, pair_to_device, predict_ddf, unwrap
 
@@ -27,6 +28,8 @@ __all__ = [
     "ResumableCheckpointSaver",
     "WeightsLoader",
     "autocast",
+    "check_device",
+    "check_training_settings",
     "pair_names",
     "pair_to_device",
     "predict_ddf",
