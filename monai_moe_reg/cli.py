@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import signal
 import sys
@@ -62,12 +63,13 @@ def _io_overrides(instance_opt, lr, io_lambda, diffeomorphic=None, io_regularise
     if steps is not None:
         io["steps"] = steps
     if lr is not None:
-        if not isinstance(lr, (int, float)) or lr <= 0:
-            raise ValueError(f"--lr must be a number > 0, got {lr!r}.")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"--lr must be a finite number > 0, got {lr!r}.")
         io["lr"] = float(lr)
     if io_lambda is not None:
-        if not isinstance(io_lambda, (int, float)) or io_lambda < 0:
-            raise ValueError(f"--io-lambda must be a number >= 0 (lambda_reg >= 0), got {io_lambda!r}.")
+        if (isinstance(io_lambda, bool) or not isinstance(io_lambda, (int, float)) or not math.isfinite(io_lambda)
+                or io_lambda < 0):
+            raise ValueError(f"--io-lambda must be a finite number >= 0 (lambda_reg >= 0), got {io_lambda!r}.")
         io["lambda_reg"] = float(io_lambda)
     if diffeomorphic is not None:
         if not isinstance(diffeomorphic, bool):

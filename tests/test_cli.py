@@ -218,6 +218,9 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(pair_files, checkpoin
     other = tmp_path / "llm_morph_like.pt"
     torch.save({"encoder_moving.levels.0.0.conv.weight": torch.zeros(1)}, other)
     (d / "file").write_text("x")
+    intensity = _save((np.random.rand(32, 32, 32) * 500).astype(np.float32), FIXED_AFFINE, d / "t1_as_label.nii.gz")
+    many = _save(np.arange(32 ** 3, dtype=np.int32).reshape(32, 32, 32) % 3000, FIXED_AFFINE, d / "ct_int.nii.gz")
+    (d / "dicom_series").mkdir()
     out = tmp_path / "out"
     base = ["register", "--fixed", pair_files["fixed"], "--bundle", SHMOAREG, "--checkpoint", checkpoint]
     cases = [
@@ -238,6 +241,14 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(pair_files, checkpoin
         (base + ["--moving", pair_files["moving"], "--output", str(out), "--network", "bogus"], "network must be"),
         (base + ["--moving", pair_files["moving"], "--output", str(out), "--fixed-label", pair_files["fixed_label"]],
          "needs --moving-label"),
+        (base + ["--moving", pair_files["moving"], "--moving-label", intensity, "--output", str(out)],
+         "non-integer values: it looks like an intensity image"),
+        (base + ["--moving", pair_files["moving"], "--moving-label", many, "--output", str(out)],
+         "3000 distinct values"),
+        (base + ["--moving", str(d / "dicom_series"), "--output", str(out)], "is a folder (a DICOM series?)"),
+        (base + ["--moving", pair_files["moving"], "--output", str(out), "--io-lambda", "1e999"], "finite number"),
+        (base + ["--moving", pair_files["moving"], "--output", str(out), "--extras", "jacobians"],
+         "unknown extra output(s) ['jacobians']"),
     ]
     if not torch.cuda.is_available():
         cases.append((base + ["--moving", pair_files["moving"], "--output", str(out), "--device", "cuda"], "no CUDA"))

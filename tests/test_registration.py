@@ -303,6 +303,13 @@ def test_non_finite_network_output_is_an_error_not_a_silent_nan_field(tmp_path):
 
 
 def test_an_unknown_setting_in_the_registration_section_is_named():
+    base = Registrar.from_bundle(SHMOAREG, network="off").config
+    with pytest.raises(ValueError, match=r"registration section has unknown settings \['network_smothing'\]"):
+        Registrar(None, {**base, "network_smothing": 1.0})
+    for key, bad in (("network_smoothing", "1"), ("network_smoothing", -1.0), ("network_spacing", 0.0),
+                     ("network_spacing", float("inf"))):
+        with pytest.raises(ValueError, match=f"registration::{key} must be"):
+            Registrar(None, {**base, key: bad})
     with pytest.raises(ValueError, match=r"unknown settings \['lamda_reg'\]"):
         reg = Registrar.from_bundle(SHMOAREG, network="off", overrides={"instance_optimisation": {"lamda_reg": 2.0}})
         reg._stage("instance_optimisation")

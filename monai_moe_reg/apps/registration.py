@@ -46,6 +46,10 @@ __all__ = ["Registrar", "RegistrationResult", "load_scan", "parse_extras", "NETW
 logger = logging.getLogger(__name__)
 
 NETWORK_MODES = ("auto", "on", "off")
+# the registration section's top-level settings (use_network and intensity are read by from_bundle)
+SECTION_KEYS = ("network_spacing", "network_smoothing", "affine", "instance_optimisation",
+                "network_instance_optimisation")
+MAX_LABEL_IDS = 1000  # more distinct values than any parcellation: an intensity image given as a label map
 EXTRAS = ("ddf", "ddf_itk", "jacobian", "overview")  # optional output files, each about the size of the field
 
 
@@ -54,6 +58,9 @@ def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: 
     ``ValueError``/``FileNotFoundError`` naming the file and the problem."""
     from monai.transforms import LoadImage
 
+    if Path(path).is_dir():
+        raise ValueError(f"{what} '{path}' is a folder (a DICOM series?): convert it to one NIfTI file first, e.g. "
+                         "with dcm2niix, and pass that file.")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{what} '{path}' does not exist.")
     try:
@@ -86,6 +93,13 @@ def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: 
             raise ValueError(f"{what} '{path}' has negative values; label maps hold ids >= 0 (0 = background).")
         if not (img > 0).any():
             raise ValueError(f"{what} '{path}' is empty (no foreground voxel).")
+        if not torch.equal(img, img.round()):
+            raise ValueError(f"{what} '{path}' has non-integer values: it looks like an intensity image, not a label "
+                             "map (integer ids, 0 = background).")
+        ids = torch.unique(img).numel()
+        if ids > MAX_LABEL_IDS:
+            raise ValueError(f"{what} '{path}' has {ids} distinct values: it looks like an intensity image, not a "
+                             f"label map (at most {MAX_LABEL_IDS} ids are accepted).")
         return img.round().long()
     return img.float()
 
@@ -156,6 +170,18 @@ class Registrar:
         for key in ("affine", "instance_optimisation"):
             if not isinstance(self.config.get(key), Mapping) or "similarity" not in self.config[key]:
                 raise ValueError(f"the bundle's registration section needs '{key}' with a 'similarity' loss.")
+        unknown = sorted(set(self.config) - set(SECTION_KEYS))
+        if unknown:
+            raise ValueError(f"the bundle's registration section has unknown settings {unknown}; known: "
+                             f"{', '.join(SECTION_KEYS)}.")
+        for key, low in (("network_spacing", 0.0), ("network_smoothing", None)):
+            value = self.config.get(key)
+            if value is None:
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+            if not ok or (low is not None and value <= low) or value < 0:
+                need = "a number of mm > 0 (or null: the fixed grid)" if low is not None else "a sigma in voxels >= 0"
+                raise ValueError(f"registration::{key} must be {need}, got {value!r}.")
         self.moving_intensity, self.fixed_intensity = moving_intensity, fixed_intensity
         self.spatial_dims = spatial_dims
 
