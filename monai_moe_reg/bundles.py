@@ -164,11 +164,15 @@ def bundle_root(bundle: str | os.PathLike) -> Path:
 
 
 def bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):
-    """A MONAI ``ConfigParser`` of the bundle's ``configs/<config>`` with ``bundle_root`` set to the bundle folder."""
+    """A MONAI ``ConfigParser`` of the bundle's ``configs/<config>`` with ``bundle_root`` set to the bundle folder;
+    a config that would run code this package does not ship is refused unless trusted
+    (:func:`monai_moe_reg.trust.check_bundle_code`)."""
     from monai.bundle import ConfigParser
 
+    from monai_moe_reg.trust import check_bundle_code
+
     root = bundle_root(bundle)
-    _warn_if_foreign(root, config)
+    check_bundle_code(root / "configs" / config)  # a config that would run foreign code needs an opt-in
     parser = ConfigParser()
     try:
         parser.read_config(str(root / "configs" / config))
@@ -191,23 +195,6 @@ def build_network(parser, hint: str = ""):
         if cause is None:
             raise
         raise type(cause)(f"{cause}{hint}") from err
-
-
-def _warn_if_foreign(root: Path, config: str) -> None:
-    """Log a warning when ``root/configs/<config>`` is not byte-identical to the config of the same name shipped
-    with this package: bundle configs run Python expressions (``$...``) and import any ``_target_``."""
-    import logging
-
-    own = Path(__file__).resolve().parents[1] / "bundles" / root.resolve().name / "configs" / config
-    mine = root / "configs" / config
-    try:
-        same = own.is_file() and own.read_bytes() == mine.read_bytes()
-    except OSError:
-        same = False
-    if not same:
-        logging.getLogger(__name__).warning(
-            "bundle config '%s' is not one of monai-moe-reg's own (or was modified): its '$' expressions and "
-            "'_target_' callables run as Python code; use only bundles you trust.", mine)
 
 
 def large_file_entries(bundle_dir: Path) -> list[dict]:

@@ -84,6 +84,17 @@ def _io_overrides(instance_opt, lr, io_lambda, diffeomorphic=None, io_regularise
     return enabled, ({"instance_optimisation": io} if io else {})
 
 
+def _trust(flag) -> None:
+    """``--trust-bundle`` for this process (read by :func:`monai_moe_reg.trust.check_bundle_code`)."""
+    from monai_moe_reg.trust import TRUST_ENV
+
+    flag = _boolish(flag)
+    if not isinstance(flag, bool):
+        raise ValueError(f"--trust-bundle takes true or false, got {flag!r}.")
+    if flag:
+        os.environ[TRUST_ENV] = "1"
+
+
 def _registrar(bundle, checkpoint, device, network, overrides):
     from monai_moe_reg.apps.registration import Registrar
 
@@ -157,6 +168,7 @@ class CLI:
         diffeomorphic: bool | None = None,
         io_regularise: str | None = None,
         extras: str = "",
+        trust_bundle: bool = False,
         device: str = "cpu",
     ) -> str:
         """Register MOVING to FIXED and write the results on the fixed image's grid and affine.
@@ -192,6 +204,8 @@ class CLI:
             extras: more files, comma-separated (each about the size of the field): ddf (total DDF in fixed
                 voxels, MONAI Warp convention), ddf_itk (the same in LPS mm, as ITK/ANTs write fields), jacobian,
                 overview (PNG), or all.
+            trust_bundle: run a bundle whose configs hold code (``$`` expressions, ``_target_`` s) that is not
+                monai-moe-reg's own; without it such a bundle is refused (also MONAI_MOE_REG_TRUST_BUNDLE=1).
             device: cpu, cuda or cuda:N.
         Returns:
             The folder written.
@@ -208,6 +222,7 @@ class CLI:
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"output folder '{out_dir}' exists and is not a folder.")
         parse_extras(extras)  # a typo is an error before the registration, not after it
+        _trust(trust_bundle)
         enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic, io_regularise)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
         fix = load_scan(fixed, "fixed image", registrar.spatial_dims)
@@ -244,6 +259,7 @@ class CLI:
         io_lambda: float | None = None,
         diffeomorphic: bool | None = None,
         io_regularise: str | None = None,
+        trust_bundle: bool = False,
         device: str = "cpu",
     ) -> str:
         """Metrics of the bundle's registration pipeline over a datalist section: one CSV row per pair and a
@@ -263,10 +279,12 @@ class CLI:
             io_lambda: instance-optimisation regularisation weight (default: the bundle's).
             diffeomorphic: true/false: velocity-field instance optimisation (default: the bundle's).
             io_regularise: total or residual (see register).
+            trust_bundle: run a bundle whose configs hold code that is not monai-moe-reg's own (see register).
             device: cpu, cuda or cuda:N.
         Returns:
             The mean +- std table (markdown).
         """
+        _trust(trust_bundle)
         from monai_moe_reg.data import load_pairs
         from monai_moe_reg.metrics.registration import METRIC_NAMES
 

@@ -278,22 +278,40 @@ def test_io_regularise_flag_reaches_the_schedule_from_the_network():
     assert reg._stage("instance_optimisation", from_network=True)["regularise"] == "residual"
 
 
-def test_a_foreign_or_modified_bundle_is_named_in_a_warning(tmp_path, caplog):
-    import logging
+def test_a_bundle_that_would_run_foreign_code_needs_an_opt_in(tmp_path, capsys, monkeypatch, pair_files):
+    """A copied bundle with changed numbers runs; one whose config gained a `$` expression, a `_target_` outside
+    monai/torch/ignite/monai_moe_reg or a macro into another file is refused in one line listing it, and nothing
+    runs, until --trust-bundle (or MONAI_MOE_REG_TRUST_BUNDLE=1) says so."""
     import shutil
 
     from monai_moe_reg.bundles import bundle_config
+    from monai_moe_reg.trust import TRUST_ENV
 
-    with caplog.at_level(logging.WARNING, logger="monai_moe_reg.bundles"):
-        bundle_config(SHMOAREG)
-    assert "use only bundles you trust" not in caplog.text
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    bundle_config(SHMOAREG)
     copy = tmp_path / "shmoareg"
     shutil.copytree(SHMOAREG, copy, ignore=shutil.ignore_patterns("data", "models", "eval"))
     cfg = copy / "configs" / "inference.json"
-    cfg.write_text(cfg.read_text().replace('"amp": false', '"amp": "$print(1) or False"'))
-    with caplog.at_level(logging.WARNING, logger="monai_moe_reg.bundles"):
-        bundle_config(copy)
-    assert "use only bundles you trust" in caplog.text and str(cfg) in caplog.text
+    text = cfg.read_text()
+    cfg.write_text(text.replace('"network_smoothing": 1.0', '"network_smoothing": 0.5'))
+    bundle_config(copy)  # changed numbers: no code, no opt-in needed
+    for evil in ('"$__import__(\'os\').system(\'touch PWNED\') or False"', '{"_target_": "os.system", "command": "x"}',
+                 '"%/etc/other.json#key"'):
+        cfg.write_text(text.replace('"amp": false', f'"amp": {evil}'))
+        with pytest.raises(ValueError, match="would run code that is not monai-moe-reg's own"):
+            bundle_config(copy)
+    cfg.write_text(text.replace('"amp": false', '"amp": "$__import__(\'os\').system(\'touch PWNED\') or False"'))
+    args = ["register", "--fixed", pair_files["fixed"], "--moving", pair_files["moving"], "--bundle", str(copy),
+            "--output", str(tmp_path / "out"), "--network", "off", "--instance-opt", "1"]
+    code, err = run_main(args, capsys)
+    assert code == 2 and "--trust-bundle" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "PWNED").exists()
+    try:
+        assert Path(CLI().register(*args[2:6:2], output=str(tmp_path / "out"), bundle=str(copy), network="off",
+                                   instance_opt=1, trust_bundle=True)).is_dir()
+    finally:
+        os.environ.pop(TRUST_ENV, None)
 
 
 def test_bundle_root_that_is_not_a_bundle_and_missing_required_arguments_are_named(tmp_path, capsys, monkeypatch):
