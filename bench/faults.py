@@ -4,11 +4,13 @@ Every case says what a careful user should get: a clear error (one line, naming 
 Each outcome is classified as
 
 - ``clean error``: the expected refusal, one line (CLI: exit status 2 and one stderr line; API: ``ValueError`` /
-  ``FileNotFoundError`` / ``IndexError``), nothing written;
+  ``FileNotFoundError`` / ``FileExistsError`` / ``IndexError``), nothing written;
 - ``worked``: the expected result, checked;
 - ``traceback``: any other exception (or a multi-line CLI error);
 - ``silent wrong``: a result where an error was due, or a result that fails its check;
-- ``half-written``: a refusal that left files in the output folder.
+- ``half-written``: a refusal that left files in the output folder;
+- ``data lost``: files the program did not write (or finished results) were deleted or replaced;
+- ``code executed``: a payload in a checkpoint or a bundle config ran without the user opting in.
 
     python bench/faults.py --out bench/results/faults.md
 
@@ -24,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -35,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHMOAREG = str(ROOT / "bundles" / "shmoareg")
-API_ERRORS = (ValueError, FileNotFoundError, IndexError)
+API_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IndexError)
 
 
 def save(arr, path, affine=None) -> str:
@@ -310,6 +313,261 @@ def cases(d: Path):
                 src = str(d / "llama_broken")
             return classify_api(lambda: load_decoder_layers(src, layers), "error")
         yield "LLM sources", name, run
+    yield from safety_cases(d, f, ckpt)
+
+
+def safety_cases(d: Path, f: dict, ckpt: Path):
+    """Issue 20's cases: nothing deleted that the program did not write, nothing unpickled or executed without an
+    opt-in, finished work kept, and bad run settings named. Each runner returns ``(outcome, detail)``."""
+    import shutil
+    import signal
+    import subprocess
+
+    from ignite.engine import Engine
+
+    from monai_moe_reg.apps.registration import Registrar
+    from monai_moe_reg.bundles import load_network_weights, resume_from_latest
+    from monai_moe_reg.data.demo_dataset import ensure_datalist
+    from monai_moe_reg.data.layouts import prepare_datalist
+    from monai_moe_reg.engines import BestModelSaver
+    from monai_moe_reg.networks.nets import SHMoAReg
+    from monai_moe_reg.trust import TRUST_ENV
+    from monai_moe_reg.zoo import export_zoo_bundle
+
+    group = "nothing lost, nothing run"
+
+    def refused(fn, intact=lambda: (True, ""), ran=lambda: False):
+        """``fn`` must raise a one-line API error; ``intact`` must then still hold; ``ran`` must be false."""
+        outcome, detail = classify_api(fn, "error")
+        if ran():
+            return "code executed", detail
+        ok, why = intact()
+        if not ok:
+            return "data lost", why
+        return outcome, detail
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {d / 'PWNED'}",))
+
+    def booby_trapped_resume():
+        models = d / "trap_models"
+        models.mkdir()
+        torch.save({"x": Payload()}, models / "checkpoint_checkpoint_5.pt")
+        net = torch.nn.Linear(2, 2)
+        trainer = Engine(lambda e, b: None)
+        return refused(lambda: resume_from_latest(trainer, models, {"network": net, "trainer": trainer}),
+                       ran=lambda: (d / "PWNED").exists())
+
+    def tiny():
+        return {"network_def#img_size": 32, "network_def#embed_dim": 12, "network_def#depths": [1, 1, 1, 1],
+                "network_def#num_heads": [1, 1, 1, 1]}
+
+    def zoo_over_bundle():
+        copy = d / "bundle_copy"
+        shutil.copytree(SHMOAREG, copy, ignore=shutil.ignore_patterns("data", "eval", "cache"))
+        n = len(list(copy.rglob("*")))
+        return refused(lambda: export_zoo_bundle(copy, copy, ckpt, force=True),
+                       lambda: (len(list(copy.rglob("*"))) == n, "bundle files gone"))
+
+    def zoo_bad_checkpoint():
+        keep = d / "keep"
+        keep.mkdir()
+        (keep / "mine.txt").write_text("mine")
+        return refused(lambda: export_zoo_bundle(SHMOAREG, keep, bad_ckpt, force=True),
+                       lambda: ((keep / "mine.txt").is_file(), "keep/mine.txt deleted"))
+
+    bad_ckpt = d / "bad_ckpt.pt"
+    bad_ckpt.write_bytes(b"junk")
+
+    def publish_over_inputs():
+        out = d / "pubout"
+        folder = out / "moving_to_fixed"
+        folder.mkdir(parents=True)
+        shutil.copy(f["moving"], folder / "moving.nii.gz")
+        code, err = run_cli(["register", "--fixed", f["fixed"], "--moving", str(folder / "moving.nii.gz"),
+                             "--output", str(out), "--bundle", SHMOAREG, "--network", "off", "--instance-opt", "1"])
+        if not (folder / "moving.nii.gz").is_file():
+            return "data lost", "the input inside the result folder was deleted"
+        return ("clean error", err[:160]) if code == 2 and len(err.splitlines()) == 1 else ("traceback", err[-160:])
+
+    def colliding_names():
+        from monai_moe_reg.engines.handlers import RegistrationWriter
+
+        w = RegistrationWriter(d / "collide")
+        names = [w._unique("image_to_image"), w._unique("image_to_image")]
+        return ("worked", f"{names}") if len(set(names)) == 2 else ("data lost", f"{names}")
+
+    def demo_into_user_folder():
+        mine = d / "my_scans"
+        (mine / "images").mkdir(parents=True)
+        shutil.copy(f["moving"], mine / "images" / "a.nii.gz")
+        before = sorted(p.name for p in mine.rglob("*"))
+        return refused(lambda: ensure_datalist(mine), lambda: (sorted(p.name for p in mine.rglob("*")) == before,
+                                                               "files written into the user's folder"))
+
+    def untrained_model_pt():
+        models = d / "best"
+        net = torch.nn.Linear(2, 2)
+        saver = BestModelSaver(str(models), net)
+        saver.attach(Engine(lambda e, b: None))
+        ev = Engine(lambda e, b: None)
+        ev.state.key_metric_name, ev.state.metrics, ev.state.epoch = "dice", {"dice": 1.0}, 0
+        saver(ev)
+        return ("worked", "no model.pt from the epoch-0 validation") if not (models / "model.pt").exists() else (
+            "silent wrong", "model.pt written before training")
+
+    def other_architecture():
+        kw = dict(img_size=32, embed_dim=12, depths=(1, 1), num_heads=(2, 2), conv_channels=(8, 8))
+        a = SHMoAReg(3, **kw)
+        models = d / "arch"
+        saver = BestModelSaver(str(models), a)
+        saver.attach(Engine(lambda e, b: None))
+        ev = Engine(lambda e, b: None)
+        ev.state.key_metric_name, ev.state.metrics, ev.state.epoch = "dice", {"dice": 0.5}, 1
+        saver(ev)
+        return refused(lambda: load_network_weights(SHMoAReg(3, **kw, diffeomorphic=True), models / "model.pt"))
+
+    def evaluate_unwritable():
+        dl = d / "ev.json"
+        dl.write_text(json.dumps({"testing": [{"moving_image": f["moving"], "fixed_image": f["fixed"]}]}))
+        code, err = run_cli(["evaluate", "--datalist", str(dl), "--bundle", SHMOAREG, "--network", "off",
+                             "--instance-opt", "1", "--output", "/proc/no_such/eval.csv"])
+        return ("clean error", err[:160]) if code == 2 and len(err.splitlines()) == 1 else ("traceback", err[-160:])
+
+    def evaluate_keeps_rows():
+        whole = Path(f["moving"]).read_bytes()
+        trunc = d / "trunc_scan.nii.gz"
+        trunc.write_bytes(whole[: len(whole) * 3 // 5])
+        good = {"moving_image": f["moving"], "fixed_image": f["fixed"]}
+        dl = d / "ev2.json"
+        dl.write_text(json.dumps({"testing": [good, {**good, "moving_image": str(trunc)}, good]}))
+        code, err = run_cli(["evaluate", "--datalist", str(dl), "--bundle", SHMOAREG, "--network", "off",
+                             "--instance-opt", "1", "--output", str(d / "ev2.csv")])
+        rows = (d / "ev2.csv").read_text().splitlines() if (d / "ev2.csv").is_file() else []
+        if len(rows) != 3:
+            return "data lost", f"{len(rows) - 1 if rows else 0} of 2 finished rows kept"
+        return ("clean error", err[:160]) if code == 2 and len(err.splitlines()) == 1 else ("traceback", err[-160:])
+
+    def interrupted(sig):
+        def run():
+            out = d / f"sig{sig}"
+            cmd = [sys.executable, "-m", "monai_moe_reg.cli", "register", "--fixed", f["fixed"], "--moving",
+                   f["moving"], "--output", str(out), "--bundle", SHMOAREG, "--network", "off", "--affine", "off",
+                   "--instance-opt", "100000"]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for line in proc.stdout:
+                if line.startswith("network:"):
+                    break
+            time.sleep(1.0)
+            proc.send_signal(getattr(signal, sig))
+            _, err = proc.communicate(timeout=120)
+            left = [p.name for p in out.rglob("*")] if out.exists() else []
+            if left:
+                return "half-written", f"left {left[:3]}"
+            one = proc.returncode == 130 and len(err.strip().splitlines()) == 1
+            return ("clean error", err.strip()[:160]) if one else ("traceback", err.strip()[-160:])
+        return run
+
+    def train_setting(override):
+        def run():
+            from monai.bundle import ConfigWorkflow
+
+            wf = ConfigWorkflow(config_file=str(Path(SHMOAREG) / "configs" / "train.json"), workflow_type="train",
+                                bundle_root=SHMOAREG, dataset_dir=str(d / "tds"), ckpt_dir=str(d / "tm"),
+                                output_dir=str(d / "te"), **override)
+            try:
+                wf.initialize()
+            except Exception as e:  # noqa: BLE001 - MONAI wraps the config's error: look for ours in the chain
+                chain, cause = [], e
+                while cause is not None:
+                    chain.append(cause)
+                    cause = cause.__cause__
+                ours = [c for c in chain if isinstance(c, ValueError) and any(k in str(c) for k in override)]
+                if ours:
+                    return "clean error", str(ours[0])[:160]
+                return "traceback", f"{type(chain[-1]).__name__}: {str(chain[-1])[:140]}"
+            return "silent wrong", "accepted"
+        return run
+
+    def export_any_size():
+        from monai_moe_reg.cli import CLI
+
+        ts = CLI().export(bundle=SHMOAREG, output=str(d / "net.ts"), checkpoint=str(ckpt), size=32)
+        y = torch.jit.load(ts)(torch.rand(1, 2, 40, 36, 44))
+        return ("worked", "runs at 40x36x44") if y.shape == (1, 3, 40, 36, 44) else ("silent wrong", str(y.shape))
+
+    def foreign_bundle(trust):
+        def run():
+            copy = d / f"evil{int(trust)}"
+            shutil.copytree(SHMOAREG, copy, ignore=shutil.ignore_patterns("data", "eval", "cache", "models"))
+            cfg = copy / "configs" / "inference.json"
+            mark = d / f"EVIL{int(trust)}"
+            cfg.write_text(cfg.read_text().replace('"network_smoothing": 1.0', f'"network_smoothing": "$__import__('
+                                                   f"'os').system('touch {mark}') or 1.0\""))
+            args = ["register", "--fixed", f["fixed"], "--moving", f["moving"], "--bundle", str(copy), "--network",
+                    "off", "--instance-opt", "1", "--output", str(d / f"evil_out{int(trust)}")]
+            code, err = run_cli(args + (["--trust-bundle"] if trust else []))
+            os.environ.pop(TRUST_ENV, None)
+            if trust:
+                return ("worked", "ran with --trust-bundle") if code in (0, 2) else ("traceback", err[-160:])
+            if mark.exists():
+                return "code executed", "ran without an opt-in"
+            return ("clean error", err[:160]) if code == 2 and len(err.splitlines()) == 1 else ("traceback", err[-160:])
+        return run
+
+    intensity = save((np.random.rand(32, 32, 32) * 500).astype(np.float32), d / "t1_as_label.nii.gz")
+    (d / "dicom_dir").mkdir()
+    base = ["register", "--fixed", f["fixed"], "--bundle", SHMOAREG, "--network", "off", "--instance-opt", "1"]
+
+    def cli_refusal(extra):
+        out = d / f"r{abs(hash(tuple(extra))) % 10**6}"
+        return lambda: classify_cli(base + extra + ["--output", str(out)], "error", out)
+
+    def prep_split():
+        root = d / "prep"
+        (root / "images").mkdir(parents=True)
+        for i in range(5):
+            shutil.copy(f["moving"], root / "images" / f"s{i}.nii.gz")
+        return refused(lambda: prepare_datalist("folder", root, d / "prep.json", split="3,1,1"))
+
+    def long_name():
+        out = d / "long"
+        res = Registrar.from_bundle(SHMOAREG, network="off")(f["fixed"], f["moving"], affine="only")
+        folder = Registrar.write(res, out / ("n" * 250))
+        mode = folder.stat().st_mode & 0o777
+        return ("worked", f"written, mode {oct(mode)}") if mode != 0o700 else ("silent wrong", "mode 0700")
+
+    cases = {
+        "resume: booby-trapped checkpoint_*.pt": booby_trapped_resume,
+        "zoo-export --force onto the bundle itself": zoo_over_bundle,
+        "zoo-export --force, bad checkpoint, folder with files": zoo_bad_checkpoint,
+        "register into a folder holding its input": publish_over_inputs,
+        "inference: two pairs with the same file names": colliding_names,
+        "train --dataset_dir with scans, no datalist": demo_into_user_folder,
+        "model.pt from the epoch-0 validation": untrained_model_pt,
+        "weights of another architecture (diffeomorphic)": other_architecture,
+        "evaluate --output not writable": evaluate_unwritable,
+        "evaluate: one truncated scan among 3": evaluate_keeps_rows,
+        "SIGINT during register": interrupted("SIGINT"),
+        "SIGTERM during register": interrupted("SIGTERM"),
+        "train --max_epochs 0": train_setting({"max_epochs": 0}),
+        "train --val_interval 0": train_setting({"val_interval": 0}),
+        "train --epoch_length 0": train_setting({"epoch_length": 0}),
+        "train --cache disk to an unwritable folder": train_setting({"cache": "disk", "cache_dir": "/proc/no"}),
+        "train --device cuda:abc": train_setting({"device": "cuda:abc"}),
+        "export --size 32, run at another size": lambda: classify_api(export_any_size, "works",
+                                                                      lambda r: (r[0] == "worked", r[1])),
+        "an intensity image as --moving-label": cli_refusal(["--moving", f["moving"], "--moving-label", intensity]),
+        "a folder (DICOM series) as --moving": cli_refusal(["--moving", str(d / "dicom_dir")]),
+        "--io-lambda 1e999": cli_refusal(["--moving", f["moving"], "--io-lambda", "1e999"]),
+        "prepare folder --split 3,1,1 (1-subject section)": prep_split,
+        "a 250-character result name; folder mode": long_name,
+        "foreign bundle code, no opt-in": foreign_bundle(False),
+        "foreign bundle code, --trust-bundle": foreign_bundle(True),
+    }
+    for name, run in cases.items():
+        yield group, name, run
 
 
 def main() -> None:
@@ -337,7 +595,8 @@ def main() -> None:
             os.chdir(cwd)
     counts = Counter(r[2] for r in rows)
     summary = ", ".join(f"{counts[k]} {k}" for k in ("clean error", "worked", "traceback", "silent wrong",
-                                                        "half-written", "unexpected refusal", "bench error") if counts[k])
+                                                        "half-written", "data lost", "code executed",
+                                                        "unexpected refusal", "bench error") if counts[k])
     lines = [f"{len(rows)} bad inputs and faults: {summary}.", "",
              "| group | case | outcome | message or check |", "|---|---|---|---|"]
     lines += [f"| {g} | {n} | {o} | {t} |" for g, n, o, t in rows]
