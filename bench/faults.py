@@ -449,24 +449,44 @@ def safety_cases(d: Path, f: dict, ckpt: Path):
             return "data lost", f"{len(rows) - 1 if rows else 0} of 2 finished rows kept"
         return ("clean error", err[:160]) if code == 2 and len(err.splitlines()) == 1 else ("traceback", err[-160:])
 
-    def interrupted(sig):
+    def interrupted(sig, command="register"):
         def run():
-            out = d / f"sig{sig}"
-            cmd = [sys.executable, "-m", "monai_moe_reg.cli", "register", "--fixed", f["fixed"], "--moving",
-                   f["moving"], "--output", str(out), "--bundle", SHMOAREG, "--network", "off", "--affine", "off",
-                   "--instance-opt", "100000"]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            out = d / f"sig{sig}{command}"
+            if command == "register":
+                cmd = [sys.executable, "-m", "monai_moe_reg.cli", "register", "--fixed", f["fixed"], "--moving",
+                       f["moving"], "--output", str(out), "--bundle", SHMOAREG, "--network", "off", "--affine", "off",
+                       "--instance-opt", "100000"]
+                ready = "network:"
+            elif command == "evaluate":
+                dl = d / "sig_ev.json"
+                dl.write_text(json.dumps({"testing": [{"moving_image": f["moving"], "fixed_image": f["fixed"]}] * 3}))
+                cmd = [sys.executable, "-m", "monai_moe_reg.cli", "evaluate", "--datalist", str(dl), "--bundle",
+                       SHMOAREG, "--network", "off", "--affine", "off", "--instance-opt", "100000", "--output",
+                       str(out / "eval.csv")]
+                ready = ""
+            else:  # training through MONAI's bundle runner, tiny network
+                cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                       str(Path(SHMOAREG) / "configs" / "train.json"), "--bundle_root", SHMOAREG, "--dataset_dir",
+                       str(d / "sig_data"), "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "eval"),
+                       "--demo_size", "32", "--max_epochs", "50", "--epoch_length", "2", "--val_interval", "1",
+                       "--network_def#depths", "[1, 1]", "--network_def#num_heads", "[2, 2]",
+                       "--network_def#embed_dim", "12"]
+                ready = "Epoch[2]"
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for line in proc.stdout:
-                if line.startswith("network:"):
+                if ready in line:
                     break
-            time.sleep(1.0)
+            time.sleep(1.0 if command != "evaluate" else 8.0)
             proc.send_signal(getattr(signal, sig))
-            _, err = proc.communicate(timeout=120)
-            left = [p.name for p in out.rglob("*")] if out.exists() else []
-            if left:
-                return "half-written", f"left {left[:3]}"
-            one = proc.returncode == 130 and len(err.strip().splitlines()) == 1
-            return ("clean error", err.strip()[:160]) if one else ("traceback", err.strip()[-160:])
+            err, _ = proc.communicate(timeout=300)
+            stage = [p.name for p in out.rglob("*") if p.name.endswith((".part", ".tmp"))] if out.exists() else []
+            if command == "register" and out.exists() and any(out.iterdir()):
+                stage.append("a result folder")
+            if stage:
+                return "half-written", f"left {stage[:3]}"
+            text = err.strip()
+            one = proc.returncode == 130 and "Traceback" not in text and "interrupted" in text.splitlines()[-1]
+            return ("clean error", text.splitlines()[-1][:160]) if one else ("traceback", text[-160:])
         return run
 
     def train_setting(override):
@@ -551,6 +571,8 @@ def safety_cases(d: Path, f: dict, ckpt: Path):
         "evaluate: one truncated scan among 3": evaluate_keeps_rows,
         "SIGINT during register": interrupted("SIGINT"),
         "SIGTERM during register": interrupted("SIGTERM"),
+        "SIGINT during evaluate": interrupted("SIGINT", "evaluate"),
+        "SIGTERM during training (monai.bundle run)": interrupted("SIGTERM", "train"),
         "train --max_epochs 0": train_setting({"max_epochs": 0}),
         "train --val_interval 0": train_setting({"val_interval": 0}),
         "train --epoch_length 0": train_setting({"epoch_length": 0}),

@@ -327,3 +327,31 @@ def test_bad_training_overrides_are_named_before_anything_is_built(override, mes
         e = e.__cause__
     assert any(re.search(message, c) for c in chain), chain
     assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
+
+
+def test_an_interrupted_training_ends_with_one_line_and_resumes(tmp_path):
+    """SIGTERM (a scheduler) during `python -m monai.bundle run` training: exit 130, one line naming where it stopped,
+    no traceback; the checkpoints left load, so --resume true can continue."""
+    import signal
+    import time
+
+    ov = tiny_overrides("shmoareg", tmp_path, None)
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+            str(ROOT / "bundles" / "shmoareg" / "configs" / "train.json"), "--max_epochs", "50", "--val_interval", "1",
+            "--epoch_length", "2"]
+    for k, v in ov.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Epoch[2]" in line or "Epoch: 2/" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out[-2000:]
+    assert "Traceback" not in out and "training interrupted at epoch" in out, out[-2000:]
+    for ckpt in (tmp_path / "models").glob("*.pt"):
+        torch.load(ckpt, map_location="cpu", weights_only=False)

@@ -9,6 +9,7 @@ from monai_moe_reg.engines.checkpoints import (
     atomic_save,
 )
 from monai_moe_reg.engines.evaluator import RegistrationEvaluator
+from monai_moe_reg.engines.interrupt import InterruptHandler
 from monai_moe_reg.engines.handlers import PairMetric, PairMetricsSaver, RegistrationWriter, loss_terms, pair_names
 from monai_moe_reg.engines.settings import check_device, check_training_settings
 from monai_moe_reg.engines.trainer import RegistrationTrainer
@@ -16,6 +17,7 @@ from monai_moe_reg.engines.utils import autocast, pair_to_device, predict_ddf, u
 
 __all__ = [
     "BestModelSaver",
+    "InterruptHandler",
     "RNGState",
     "SafeDiskSaver",
     "atomic_save",
