@@ -110,7 +110,7 @@ def cases(d: Path):
     """Yield ``(group, name, runner)``; each runner returns ``(outcome, detail)``."""
     from monai_moe_reg.bundles import bundle_config
     from monai_moe_reg.data import load_pairs, synthetic_pair
-    from monai_moe_reg.bundles import load_network_weights
+    from monai_moe_reg.weights import load_network_weights
     from monai_moe_reg.llm import load_decoder_layers
 
     pair = synthetic_pair((32, 32, 32), max_disp=3.0, seed=5)
@@ -326,7 +326,8 @@ def safety_cases(d: Path, f: dict, ckpt: Path):
     from ignite.engine import Engine
 
     from monai_moe_reg.apps.registration import Registrar
-    from monai_moe_reg.bundles import load_network_weights, resume_from_latest
+    from monai_moe_reg.engines.resume import resume_from_latest
+    from monai_moe_reg.weights import load_network_weights
     from monai_moe_reg.data.demo_dataset import ensure_datalist
     from monai_moe_reg.data.layouts import prepare_datalist
     from monai_moe_reg.engines import BestModelSaver

@@ -34,7 +34,7 @@ from splits import eval_labels, pairs as split_pairs
 import numpy as np
 import torch
 
-from monai_moe_reg.bundles import shipped_weights
+from monai_moe_reg.weights import shipped_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

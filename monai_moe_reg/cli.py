@@ -373,7 +373,8 @@ class CLI:
                 weights).
             size: cubic grid the network is traced and runs at; checked against the eager network on it.
         """
-        from monai_moe_reg.bundles import build_network, bundle_config, bundle_root, default_weights, load_network_weights
+        from monai_moe_reg.bundles import build_network, bundle_config, bundle_root
+        from monai_moe_reg.weights import default_weights, load_network_weights
         from monai_moe_reg.networks.export import script_at_grid
 
         parser = bundle_config(bundle)
@@ -406,7 +407,8 @@ class CLI:
                 pretrained weights).
             force: replace a non-empty output folder.
         """
-        from monai_moe_reg.bundles import bundle_root, default_weights
+        from monai_moe_reg.bundles import bundle_root
+        from monai_moe_reg.weights import default_weights
         from monai_moe_reg.zoo import export_zoo_bundle
 
         if not output:

@@ -72,7 +72,8 @@ def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | N
     refused), returned as :func:`zoo_state_dict` (and the network's recorded settings with ``with_config``)."""
     from monai_moe_reg.networks.config import network_config
 
-    from monai_moe_reg.bundles import build_network, bundle_config, load_network_weights
+    from monai_moe_reg.bundles import build_network, bundle_config
+    from monai_moe_reg.weights import load_network_weights
 
     parser = bundle_config(src)
     for key, value in (overrides or {}).items():
@@ -111,7 +112,8 @@ def export_zoo_bundle(
         the exported bundle folder.
     """
     import monai_moe_reg
-    from monai_moe_reg.bundles import bundle_root, large_file_entries
+    from monai_moe_reg.bundles import bundle_root
+    from monai_moe_reg.weights import large_file_entries
     from monai_moe_reg.engines.checkpoints import atomic_save
 
     from monai_moe_reg.data.staging import check_replaceable, staged_folder
@@ -218,14 +220,15 @@ def ship_weights(
     """Package trained weights as the bundle's shipped pretrained file: loaded into the bundle's ``network_def``
     (refused if they do not fit), saved as ``models/<filename>`` (safetensors; half precision when single precision
     would exceed 25 MB) and listed in ``large_files.yml`` with its sha256, which
-    :func:`~monai_moe_reg.bundles.load_network_weights` checks on every load. Both files are written with
+    :func:`~monai_moe_reg.weights.load_network_weights` checks on every load. Both files are written with
     :func:`~monai_moe_reg.engines.atomic_save`: a kill leaves the old or the new file, never a torn one. Returns the
     file."""
     import hashlib
 
     from safetensors.torch import save
 
-    from monai_moe_reg.bundles import bundle_root, large_file_entries
+    from monai_moe_reg.bundles import bundle_root
+    from monai_moe_reg.weights import large_file_entries
     from monai_moe_reg.engines.checkpoints import atomic_save
 
     src = bundle_root(bundle)

@@ -65,7 +65,7 @@ def test_layout_and_metadata(bundle):
         assert (root / f).is_file(), f"{bundle} lacks {f}"
     tracked = subprocess.run(["git", "ls-files", str(root)], capture_output=True, text=True, cwd=ROOT).stdout.split()
     if tracked:  # in a git checkout: only the shipped weights, hash-listed in large_files.yml; no file over 25 MB
-        from monai_moe_reg.bundles import expected_hash
+        from monai_moe_reg.weights import expected_hash
 
         weights = [f for f in tracked if f.endswith((".pt", ".ts", ".pth", ".safetensors", ".gguf"))]
         assert all(f.endswith(".safetensors") and expected_hash(ROOT / f) for f in weights), weights

@@ -103,7 +103,7 @@ def test_loss_terms_are_scalars_for_the_loggers():
 def test_resume_without_any_checkpoint_starts_a_new_run(tmp_path, caplog):
     import logging
 
-    from monai_moe_reg.bundles import resume_from_latest
+    from monai_moe_reg.engines.resume import resume_from_latest
 
     trainer = Engine(lambda e, b: None)
     with caplog.at_level(logging.WARNING, logger="monai_moe_reg.bundles"):
@@ -127,7 +127,7 @@ def test_temporaries_of_killed_writers_are_removed_at_the_next_save(tmp_path):
 
 def test_network_weights_load_from_a_resumable_checkpoint(tmp_path):
     """A resumable checkpoint (network, optimizer, NumPy RNG state) is a valid --checkpoint / --pretrained source."""
-    from monai_moe_reg.bundles import load_network_weights
+    from monai_moe_reg.weights import load_network_weights
     from monai_moe_reg.engines import RNGState
 
     net, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
@@ -147,7 +147,7 @@ class _Payload:
 def test_resume_never_unpickles_code_and_names_a_checkpoint_of_another_network(tmp_path, monkeypatch):
     """A booby-trapped checkpoint_*.pt is refused (weights_only) and its payload never runs; the real state (optimizer,
     trainer, NumPy RNG state) still resumes; a checkpoint of another network is a one-line error, not a traceback."""
-    from monai_moe_reg.bundles import resume_from_latest
+    from monai_moe_reg.engines.resume import resume_from_latest
     from monai_moe_reg.engines import RNGState
 
     monkeypatch.chdir(tmp_path)
@@ -182,7 +182,7 @@ def test_model_pt_only_from_a_trained_network_of_this_architecture(tmp_path):
     """The validation before training (epoch 0) writes nothing, however good; a model.pt of another network is
     moved aside at the start of a new run, not kept as its best; loading refuses weights whose recorded settings
     differ from the network's (a state dict would load into diffeomorphic=True silently)."""
-    from monai_moe_reg.bundles import load_network_weights
+    from monai_moe_reg.weights import load_network_weights
     from monai_moe_reg.networks.nets import SHMoAReg
 
     from .conftest import tiny_shmoareg_kwargs

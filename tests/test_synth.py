@@ -9,7 +9,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from safetensors.torch import save_file
 
-from monai_moe_reg.bundles import default_weights, load_network_weights, shipped_weights
+from monai_moe_reg.weights import default_weights, load_network_weights, shipped_weights
 from monai_moe_reg.data import SynthPairs
 from monai_moe_reg.engines import WeightsLoader
 from monai_moe_reg.losses import SHMoARegLoss

@@ -149,7 +149,7 @@ def test_zoo_state_dict_half_precision_and_limit():
 def test_ship_weights_lists_the_hash_and_the_zoo_export_carries_the_file(tmp_path):
     import shutil
 
-    from monai_moe_reg.bundles import default_weights, expected_hash, load_network_weights
+    from monai_moe_reg.weights import default_weights, expected_hash, load_network_weights
     from monai_moe_reg.zoo import ship_weights
 
     bundle = tmp_path / "shmoareg"

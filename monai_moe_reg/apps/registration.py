@@ -196,11 +196,12 @@ class Registrar:
     ) -> Registrar:
         """Build from a bundle folder (or name): ``network="auto"`` loads ``checkpoint`` (default: your trained
         ``<bundle>/models/model.pt``, else the bundle's shipped pretrained weights, see
-        :func:`~monai_moe_reg.bundles.default_weights`) when it exists and otherwise registers without the network
+        :func:`~monai_moe_reg.weights.default_weights`) when it exists and otherwise registers without the network
         (logged), unless the bundle's ``registration::use_network`` is ``false`` and no ``checkpoint`` is given;
         ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
         bundle's ``registration`` section (e.g. ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
-        from monai_moe_reg.bundles import build_network, bundle_config, default_weights, load_network_weights
+        from monai_moe_reg.bundles import build_network, bundle_config
+        from monai_moe_reg.weights import default_weights, load_network_weights
 
         if network not in NETWORK_MODES:
             raise ValueError(f"network must be one of {NETWORK_MODES}, got {network!r}.")

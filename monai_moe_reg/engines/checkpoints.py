@@ -123,7 +123,7 @@ class ResumableCheckpointSaver:
     """``network``, ``optimizer`` **and the trainer it is attached to** saved every ``save_interval`` epochs as
     ``checkpoint_checkpoint_<epoch>.pt`` in ``save_dir`` (keeping ``n_saved``) with the random generators' state
     (:class:`RNGState`), crash-safe (:class:`SafeDiskSaver`),
-    so a killed run resumes (:func:`monai_moe_reg.bundles.resume_from_latest`) losing at most the epoch in progress.
+    so a killed run resumes (:func:`monai_moe_reg.engines.resume.resume_from_latest`) losing at most the epoch in progress.
     A config cannot reference the trainer from its own handler list, so it is added at ``attach`` time."""
 
     def __init__(self, save_dir: str, network, optimizer, save_interval: int = 1, n_saved: int = 1) -> None:
@@ -232,7 +232,7 @@ class BestModelSaver:
 class WeightsLoader:
     """Ignite handler loading network weights when the engine starts: a ``model.pt`` (state dict or resumable
     checkpoint) or a bundle's shipped ``.safetensors``, checked against the hash its ``large_files.yml`` gives
-    (:func:`monai_moe_reg.bundles.load_network_weights`: one-line errors naming the file). Used by the bundles'
+    (:func:`monai_moe_reg.weights.load_network_weights`: one-line errors naming the file). Used by the bundles'
     evaluation and inference in place of MONAI's ``CheckpointLoader``, which reads neither safetensors nor hashes.
 
     Args:
@@ -248,7 +248,7 @@ class WeightsLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from monai_moe_reg.bundles import load_network_weights
+        from monai_moe_reg.weights import load_network_weights
         from monai_moe_reg.engines.utils import unwrap
 
         load_network_weights(unwrap(self.network), self.load_path)
