@@ -80,14 +80,14 @@ def ensure_datalist(dataset_dir: str | os.PathLike, demo: str = "mono", **kwargs
         raise ValueError(f"demo must be 'mono' or 'multimodal', got {demo!r}.")
     target = Path(dataset_dir) / DATALIST_NAME
     folder = Path(dataset_dir)
-    if not target.is_file() and folder.is_dir() and _demo_marker(folder) is None and any(folder.iterdir()):
-        raise ValueError(
-            f"dataset_dir '{folder}' holds files but no {DATALIST_NAME}: write one for your scans with `monai-moe-reg "
-            f"prepare --layout folder --root {folder} --output {target}` (images/ and labels/ of the same names), or "
-            "give an empty or new folder for the synthetic demo set.")
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    # in a multi-process run only rank 0 writes the demo set; the others wait for it
+    # in a multi-process run only rank 0 checks the folder and writes the demo set; the others wait for it
     if not target.is_file() and (not distributed or dist.get_rank() == 0):
+        if folder.is_dir() and _demo_marker(folder) is None and any(folder.iterdir()):
+            raise ValueError(
+                f"dataset_dir '{folder}' holds files but no {DATALIST_NAME}: write one for your scans with "
+                f"`monai-moe-reg prepare --layout folder --root {folder} --output {target}` (images/ and labels/ of "
+                "the same names), or give an empty or new folder for the synthetic demo set.")
         write_demo_dataset(dataset_dir, multimodal=demo == "multimodal", **kwargs)
     if distributed:
         dist.barrier()
