@@ -44,7 +44,9 @@ def _load(path: Path):
 def shipped_expressions() -> frozenset[str]:
     """Every ``$`` expression of the configs shipped with this package (both bundles, their recipes)."""
     found = set()
-    for path in SHIPPED.glob("*/configs/**/*.json"):
+    here = SHIPPED.parent  # a checkout or install: bundles/<name>/configs; a zoo export: the bundle holds the package
+    paths = list(SHIPPED.glob("*/configs/**/*.json")) + list((here / "configs").glob("**/*.json"))
+    for path in paths:
         try:
             found |= {s.strip() for _, s in _strings(_load(path)) if s.startswith("$")}
         except (OSError, ValueError):
