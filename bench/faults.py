@@ -617,9 +617,9 @@ def main() -> None:
         finally:
             os.chdir(cwd)
     counts = Counter(r[2] for r in rows)
-    summary = ", ".join(f"{counts[k]} {k}" for k in ("clean error", "worked", "traceback", "silent wrong",
-                                                        "half-written", "data lost", "code executed",
-                                                        "unexpected refusal", "bench error") if counts[k])
+    kinds = ("clean error", "worked", "traceback", "silent wrong", "half-written", "data lost", "code executed",
+             "unexpected refusal", "bench error")
+    summary = ", ".join(f"{counts[k]} {k}" for k in kinds if counts[k])
     lines = [f"{len(rows)} bad inputs and faults: {summary}.", "",
              "| group | case | outcome | message or check |", "|---|---|---|---|"]
     lines += [f"| {g} | {n} | {o} | {t} |" for g, n, o, t in rows]

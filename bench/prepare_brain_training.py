@@ -74,7 +74,8 @@ def main(argv=None) -> None:
     ids = sorted(int(i) for i in ids if i != 0)
     lut = np.zeros(max(ids) + 1, dtype=np.int16)
     lut[ids] = np.arange(1, len(ids) + 1)
-    (out / "label_ids.json").write_text(json.dumps({"background": 0, "ids": ids, "note": "training label k = ids[k-1]"}))
+    note = "training label k = ids[k-1]"
+    (out / "label_ids.json").write_text(json.dumps({"background": 0, "ids": ids, "note": note}))
 
     reg = Registrar.from_bundle(args.bundle, network="off")
     entries = {}
@@ -86,14 +87,16 @@ def main(argv=None) -> None:
         name = f"{d}_{s}.nii.gz"
         _write(res.warped_image[0].numpy(), affine, out / "images" / name, np.float32)
         _write(lut[res.warped_label[0].numpy().astype(int)], affine, out / "labels" / name, np.int16)
-        entries[(d, s)] = {"image": str((out / "images" / name).resolve()), "label": str((out / "labels" / name).resolve())}
+        entries[(d, s)] = {"image": str((out / "images" / name).resolve()),
+                           "label": str((out / "labels" / name).resolve())}
         print(f"{d}/{s}: affine to the template in {time.perf_counter() - t:.1f} s", flush=True)
 
     rng = random.Random(0)
-    tune_pairs = [p for p in itertools.permutations(tune, 2)]
+    tune_pairs = list(itertools.permutations(tune, 2))
     rng.shuffle(tune_pairs)
     val = [{"moving_image": entries[m]["image"], "moving_label": entries[m]["label"],
-            "fixed_image": entries[f]["image"], "fixed_label": entries[f]["label"]} for m, f in tune_pairs[: args.val_pairs]]
+            "fixed_image": entries[f]["image"], "fixed_label": entries[f]["label"]}
+           for m, f in tune_pairs[: args.val_pairs]]
     datalist = {"training": {"subjects": [entries[k] for k in train], "pairing": "all"}, "validation": val,
                 "note": "bench/prepare_brain_training.py: training subjects of bench/splits.json, affine-aligned to "
                         f"{train[0][0]}/{train[0][1]} (RAS); validation pairs from tuning subjects"}

@@ -374,8 +374,8 @@ class CLI:
             size: cubic grid the network is traced and runs at; checked against the eager network on it.
         """
         from monai_moe_reg.bundles import build_network, bundle_config, bundle_root
-        from monai_moe_reg.weights import default_weights, load_network_weights
         from monai_moe_reg.networks.export import script_at_grid
+        from monai_moe_reg.weights import default_weights, load_network_weights
 
         parser = bundle_config(bundle)
         net = build_network(parser)

@@ -129,6 +129,8 @@ def load_network_weights(network, path: str | os.PathLike, bundle: str | os.Path
     """Load a state dict (``.safetensors``, or a PyTorch file holding a state dict or a checkpoint dict with a
     ``network`` entry) from ``path`` into ``network``. A file listed in its bundle's ``large_files.yml`` must match
     the hash given there. Every failure is a one-line error naming the file (and the expected hash, when listed)."""
+    from monai_moe_reg.networks.config import config_mismatch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist: train the bundle first or pass --checkpoint.")
@@ -141,8 +143,6 @@ def load_network_weights(network, path: str | os.PathLike, bundle: str | os.Path
                 "corrupt or was replaced; restore it (git checkout, or download it again)."
             )
     state = _read_weights(path)
-    from monai_moe_reg.networks.config import config_mismatch
-
     differ = config_mismatch(_saved_network_config(path), network)
     if differ:
         raise ValueError(f"checkpoint '{path}' was trained with other network settings ({'; '.join(differ)}): build "

@@ -66,13 +66,11 @@ def zoo_state_dict(network: torch.nn.Module, limit: int = ZOO_FILE_LIMIT) -> dic
     return state
 
 
-def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | None,
-                   with_config: bool = False):
+def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | None) -> tuple[dict, dict]:
     """``checkpoint`` loaded into the bundle's ``network_def`` (built with ``overrides``; weights that do not fit are
-    refused), returned as :func:`zoo_state_dict` (and the network's recorded settings with ``with_config``)."""
-    from monai_moe_reg.networks.config import network_config
-
+    refused), returned as :func:`zoo_state_dict` with the network's recorded settings (:func:`network_config`)."""
     from monai_moe_reg.bundles import build_network, bundle_config
+    from monai_moe_reg.networks.config import network_config
     from monai_moe_reg.weights import load_network_weights
 
     parser = bundle_config(src)
@@ -80,7 +78,7 @@ def _trained_state(src: Path, checkpoint: str | os.PathLike, overrides: dict | N
         parser[key] = value
     network = build_network(parser)
     load_network_weights(network, checkpoint, src)
-    return (zoo_state_dict(network), network_config(network)) if with_config else zoo_state_dict(network)
+    return zoo_state_dict(network), network_config(network)
 
 
 def _write_bytes(data: bytes, fh) -> None:
@@ -113,10 +111,9 @@ def export_zoo_bundle(
     """
     import monai_moe_reg
     from monai_moe_reg.bundles import bundle_root
-    from monai_moe_reg.weights import large_file_entries
-    from monai_moe_reg.engines.checkpoints import atomic_save
-
     from monai_moe_reg.data.staging import check_replaceable, staged_folder
+    from monai_moe_reg.engines.checkpoints import atomic_save
+    from monai_moe_reg.weights import large_file_entries
 
     src = bundle_root(bundle)
     out = Path(output)
@@ -137,7 +134,7 @@ def export_zoo_bundle(
         raise FileExistsError(f"'{out}' exists and is not empty: choose a new folder, or pass --force to replace "
                               "an earlier export there.")
     check_replaceable(out, replaceable)
-    state = _trained_state(src, checkpoint, overrides)  # every input checked before anything is written
+    state, _ = _trained_state(src, checkpoint, overrides)  # every input checked before anything is written
 
     with staged_folder(out, replaceable, marker=False) as staging:  # assembled aside, renamed when complete
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -228,11 +225,11 @@ def ship_weights(
     from safetensors.torch import save
 
     from monai_moe_reg.bundles import bundle_root
-    from monai_moe_reg.weights import large_file_entries
     from monai_moe_reg.engines.checkpoints import atomic_save
+    from monai_moe_reg.weights import large_file_entries
 
     src = bundle_root(bundle)
-    state, config = _trained_state(src, checkpoint, overrides, with_config=True)
+    state, config = _trained_state(src, checkpoint, overrides)
     state = {k: v.contiguous() for k, v in state.items()}
     data = save(state, metadata={"source": Path(checkpoint).name, "network": json.dumps(config)})
     digest = hashlib.sha256(data).hexdigest()

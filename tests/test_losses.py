@@ -202,7 +202,8 @@ def test_warped_label_dice_on_a_label_subset_scores_only_the_drawn_labels():
     zero = torch.zeros(1, 3, 8, 8, 8)
     sub = WarpedLabelDice(num_classes=6, max_labels=2)
     assert float(sub(zero, lab, lab)) < 1e-4
-    m, f = sub._subset(lab, other)
+    m, f, k = sub._subset(lab, other)
+    assert k == 2
     assert int(m.max()) <= 2 and int(f.max()) <= 2 and set(torch.unique(m).tolist()) <= {0, 1, 2}
     kept = torch.unique(lab[m > 0])
     assert kept.numel() == 2 and 0 not in kept.tolist()  # two foreground ids, relabelled consistently in both maps

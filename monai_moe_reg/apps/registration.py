@@ -174,13 +174,13 @@ class Registrar:
         if unknown:
             raise ValueError(f"the bundle's registration section has unknown settings {unknown}; known: "
                              f"{', '.join(SECTION_KEYS)}.")
-        for key, low in (("network_spacing", 0.0), ("network_smoothing", None)):
+        for key, positive, need in (("network_spacing", True, "a number of mm > 0 (or null: the fixed grid)"),
+                                    ("network_smoothing", False, "a sigma in voxels >= 0")):
             value = self.config.get(key)
             if value is None:
                 continue
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-            if not ok or (low is not None and value <= low) or value < 0:
-                need = "a number of mm > 0 (or null: the fixed grid)" if low is not None else "a sigma in voxels >= 0"
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+            if not number or value < 0 or (positive and value == 0):
                 raise ValueError(f"registration::{key} must be {need}, got {value!r}.")
         self.moving_intensity, self.fixed_intensity = moving_intensity, fixed_intensity
         self.spatial_dims = spatial_dims

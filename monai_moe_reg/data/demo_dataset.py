@@ -34,7 +34,7 @@ def write_demo_dataset(
     renamed, so an interrupted run never leaves a half-written datalist. Returns the datalist path."""
     root = Path(dataset_dir)
     root.mkdir(parents=True, exist_ok=True)
-    (root / DEMO_MARKER).write_text("synthetic demo set being written by monai-moe-reg\n")
+    (root / DEMO_MARKER).write_text("synthetic demo set written by monai_moe_reg.data.write_demo_dataset\n")
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     affine = np.diag([spacing, spacing, spacing, 1.0])
@@ -54,17 +54,10 @@ def write_demo_dataset(
             sections[section].append(entry)
             idx += 1
     target = root / DATALIST_NAME
-    (root / DEMO_MARKER).write_text("synthetic demo set written by monai-moe-reg (monai_moe_reg.data.write_demo_dataset)\n")
     tmp = target.with_suffix(f".json.{os.getpid()}.part")
     tmp.write_text(json.dumps(sections, indent=1))
     tmp.replace(target)
     return target
-
-
-def _demo_marker(folder: Path) -> Path | None:
-    """The marker of a demo set this module wrote into ``folder`` (a killed write may be resumed there)."""
-    marker = folder / DEMO_MARKER
-    return marker if marker.is_file() else None
 
 
 def ensure_datalist(dataset_dir: str | os.PathLike, demo: str = "mono", **kwargs) -> str:
@@ -83,7 +76,8 @@ def ensure_datalist(dataset_dir: str | os.PathLike, demo: str = "mono", **kwargs
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     # in a multi-process run only rank 0 checks the folder and writes the demo set; the others wait for it
     if not target.is_file() and (not distributed or dist.get_rank() == 0):
-        if folder.is_dir() and _demo_marker(folder) is None and any(folder.iterdir()):
+        # a folder with files is the user's, unless it holds a demo set (a killed demo write resumes there)
+        if folder.is_dir() and not (folder / DEMO_MARKER).is_file() and any(folder.iterdir()):
             raise ValueError(
                 f"dataset_dir '{folder}' holds files but no {DATALIST_NAME}: write one for your scans with "
                 f"`monai-moe-reg prepare --layout folder --root {folder} --output {target}` (images/ and labels/ of "

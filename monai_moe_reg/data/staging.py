@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["staged_folder", "publish", "check_replaceable", "foreign_files", "MARKER"]
+__all__ = ["staged_folder", "publish", "check_replaceable", "foreign_files", "process_alive", "MARKER"]
 
 MARKER = ".monai-moe-reg.json"
 _NAME_BUDGET = 120  # characters of the destination's name kept in the staging names (file systems allow 255)
@@ -42,7 +42,8 @@ def foreign_files(folder: str | os.PathLike) -> list[str]:
     return [f for f in _files_in(folder) if f != MARKER and f not in listed]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -62,7 +63,7 @@ def _recover(parent: Path) -> None:
         return
     for p in parent.iterdir():
         m = _LEFTOVER.match(p.name)
-        if not m or not p.is_dir() or int(m.group(2)) == os.getpid() or _alive(int(m.group(2))):
+        if not m or not p.is_dir() or int(m.group(2)) == os.getpid() or process_alive(int(m.group(2))):
             continue
         if m.group(3) == "part":
             shutil.rmtree(p, ignore_errors=True)

@@ -40,15 +40,15 @@ def _fsync_dir(folder: Path) -> None:
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete ``.<name>.<pid>.tmp`` files beside ``path`` left by a process that was killed mid-write (its pid is
     gone); a temporary of a live process is left alone."""
+    from monai_moe_reg.data.staging import process_alive
+
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         try:
             pid = int(tmp.name[len(path.name) + 2 : -len(".tmp")])
-            if pid != os.getpid():
-                os.kill(pid, 0)  # raises if no such process
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, PermissionError, OSError):
+        except ValueError:
             continue
+        if pid != os.getpid() and not process_alive(pid):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_save(obj, path: str | os.PathLike, writer=None) -> Path:
@@ -123,7 +123,8 @@ class ResumableCheckpointSaver:
     """``network``, ``optimizer`` **and the trainer it is attached to** saved every ``save_interval`` epochs as
     ``checkpoint_checkpoint_<epoch>.pt`` in ``save_dir`` (keeping ``n_saved``) with the random generators' state
     (:class:`RNGState`), crash-safe (:class:`SafeDiskSaver`),
-    so a killed run resumes (:func:`monai_moe_reg.engines.resume.resume_from_latest`) losing at most the epoch in progress.
+    so a killed run resumes (:func:`monai_moe_reg.engines.resume.resume_from_latest`) losing at most the epoch in
+    progress.
     A config cannot reference the trainer from its own handler list, so it is added at ``attach`` time."""
 
     def __init__(self, save_dir: str, network, optimizer, save_interval: int = 1, n_saved: int = 1) -> None:
@@ -150,8 +151,9 @@ class BestModelSaver:
 
     Only a trained network is saved: the validation before the first epoch (``ValidationHandler(exec_at_start)``,
     epoch 0) is logged as the starting point and saves nothing (a run shorter than the validation interval writes no
-    ``model.pt``, so ``register`` keeps using the shipped weights). A ``model.pt`` of another network (class or settings)
-    found at the start is moved aside to ``<stem>.previous-<n>.pt`` (with its sidecar), never kept as this run's.
+    ``model.pt``, so ``register`` keeps using the shipped weights). A ``model.pt`` of another network (class or
+    settings) found at the start is moved aside to ``<stem>.previous-<n>.pt`` (with its sidecar), never kept as this
+    run's.
 
     Args:
         save_dir: folder.
@@ -181,8 +183,9 @@ class BestModelSaver:
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring unreadable %s", self.sidecar)
             else:
-                if config_mismatch(saved.get("network"), self.network):
-                    self._move_aside(config_mismatch(saved.get("network"), self.network))
+                differ = config_mismatch(saved.get("network"), self.network)
+                if differ:
+                    self._move_aside(differ)
                 else:
                     self.best = best
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -218,10 +221,10 @@ class BestModelSaver:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not self._better(value) or rank != 0:
             return
-        module = getattr(self.network, "module", self.network)
-        atomic_save(module.state_dict(), self.path)
         from monai_moe_reg.networks.config import network_config
 
+        module = getattr(self.network, "module", self.network)
+        atomic_save(module.state_dict(), self.path)
         atomic_save({"metric": name, "value": value, "epoch": int(engine.state.epoch),
                      "network": network_config(module)}, self.sidecar,
                     writer=lambda obj, fh: fh.write(json.dumps(obj).encode()))

@@ -20,9 +20,14 @@ def to_one_hot_labels(label: torch.Tensor, num_classes: int | None) -> torch.Ten
     if num_classes is None:
         raise ValueError("integer label maps (B, 1, *S) need num_classes (background included) to be one-hot encoded.")
     lab = label[:, 0].long()
-    if lab.min() < 0 or lab.max() >= num_classes:
-        raise ValueError(f"label values must lie in 0..{num_classes - 1}, got {int(lab.min())}..{int(lab.max())}.")
+    _check_ids(lab, num_classes)
     return F.one_hot(lab, num_classes).movedim(-1, 1).float()
+
+
+def _check_ids(label: torch.Tensor, num_classes: int) -> None:
+    """A ``ValueError`` unless every value of the integer map ``label`` lies in ``0..num_classes-1``."""
+    if label.min() < 0 or label.max() >= num_classes:
+        raise ValueError(f"label values must lie in 0..{num_classes - 1}, got {int(label.min())}..{int(label.max())}.")
 
 
 class WarpedLabelDice(nn.Module):
@@ -56,8 +61,8 @@ class WarpedLabelDice(nn.Module):
         if moving_label is None or fixed_label is None:
             raise ValueError("the label Dice term needs moving_label and fixed_label (or set its weight to 0).")
         if self.max_labels is not None and moving_label.shape[1] == 1 and fixed_label.shape[1] == 1:
-            moving_label, fixed_label = self._subset(moving_label, fixed_label)
-            num_classes = int(max(moving_label.max(), fixed_label.max())) + 1  # only the drawn labels: no empty channel
+            moving_label, fixed_label, drawn = self._subset(moving_label, fixed_label)
+            num_classes = drawn + 1  # only the drawn labels (each present in a map): no empty channel
         else:
             num_classes = self.num_classes
         mov = to_one_hot_labels(moving_label, num_classes)
@@ -72,17 +77,16 @@ class WarpedLabelDice(nn.Module):
             fix = torch.cat([1 - fix.amax(1, keepdim=True), fix], 1)
         return self.dice(self.warp(mov, ddf), fix)
 
-    def _subset(self, moving_label: torch.Tensor, fixed_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both maps relabelled ``1..K`` for a random subset of at most ``max_labels`` foreground ids present in
-        either (the rest become background)."""
-        mov, fix = moving_label.long(), fixed_label.long()
-        if self.num_classes is not None and (min(mov.min(), fix.min()) < 0 or max(mov.max(), fix.max()) >= self.num_classes):
-            raise ValueError(f"label values must lie in 0..{self.num_classes - 1}, got "
-                             f"{int(min(mov.min(), fix.min()))}..{int(max(mov.max(), fix.max()))}.")
-        ids = torch.unique(torch.cat([mov.flatten(), fix.flatten()]))
+    def _subset(self, moving_label: torch.Tensor, fixed_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Both maps relabelled ``1..K`` for a random subset of ``K <= max_labels`` foreground ids present in either
+        (the rest become background), and ``K``."""
+        both = torch.cat([moving_label.long().flatten(), fixed_label.long().flatten()])
+        if self.num_classes is not None:
+            _check_ids(both, self.num_classes)
+        ids = torch.unique(both)
         ids = ids[ids != 0]
         if ids.numel() > self.max_labels:
             ids = ids[torch.randperm(ids.numel(), device=ids.device)[: self.max_labels]]
-        lut = torch.zeros(int(max(mov.max(), fix.max())) + 1, dtype=torch.long, device=mov.device)
-        lut[ids] = torch.arange(1, ids.numel() + 1, device=mov.device)
-        return lut[mov], lut[fix]
+        lut = torch.zeros(int(both.max()) + 1, dtype=torch.long, device=both.device)
+        lut[ids] = torch.arange(1, ids.numel() + 1, device=both.device)
+        return lut[moving_label.long()], lut[fixed_label.long()], int(ids.numel())
