@@ -46,7 +46,6 @@ from monai.networks.blocks import Warp
 from monai.networks.nets import LocalNet, VoxelMorph
 from torch import nn
 
-from monai_moe_reg.engines.instance_optimisation import optimise_field
 from monai_moe_reg.engines.utils import has_aux, predict_ddf
 from monai_moe_reg.llm import SMOLLM2, fetch_smollm2
 from monai_moe_reg.losses import LLMMorphLoss, MINDSSCLoss, SHMoARegLoss
@@ -167,14 +166,20 @@ def network_predictor(net: nn.Module, network_size) -> Callable[[dict], torch.Te
 
 
 def io_predictor(net, similarity, io_lambda: float, args, network_size) -> Callable[[dict], torch.Tensor]:
-    """The network's DDF refined on the pair by field instance optimisation (as ``monai-moe-reg register
-    --instance-opt``), time included."""
+    """The network's DDF refined on the pair by the package's instance optimisation (half, then full resolution,
+    on the pair's common voxel grid), time included."""
+    from monai_moe_reg.apps.deformable import compose, optimise_pyramid
+    from monai_moe_reg.apps.spatial import Grid, resample_field
 
     def predict(pair):
         mov, fix = pair["moving_image"][None], pair["fixed_image"][None]
         ddf = predict_ddf(net, mov, fix, network_size)
+        grid = Grid(tuple(fix.shape[2:]), torch.eye(4, dtype=torch.float64))
         with torch.enable_grad():
-            return optimise_field(ddf, mov, fix, similarity, args.io_steps, args.io_lr, io_lambda, progress=False)
+            w, w_grid, _ = optimise_pyramid(fix, grid, mov, grid, torch.eye(4, dtype=torch.float64), similarity,
+                                            lambda_reg=io_lambda, levels=(2, 1), steps=args.io_steps, lr=args.io_lr,
+                                            initial=(ddf.float(), grid))
+        return compose(resample_field(w, w_grid, grid), ddf.float())
 
     return predict
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["build_network", "bundle_config", "bundle_dir", "bundle_root", "locate", "require_path"]
+__all__ = ["build_network", "bundle_config", "bundle_dir", "bundle_root", "locate", "registration_section", "require_path"]
 
 BUNDLE_NAMES = ("shmoareg", "llm_morph")
 
@@ -107,3 +107,11 @@ def build_network(parser, hint: str = ""):
         raise type(cause)(f"{cause}{hint}") from err
 
 
+def registration_section(bundle: str | os.PathLike) -> dict:
+    """The parsed ``registration`` section of the bundle's ``configs/inference.json`` (similarity losses built):
+    what ``evaluate.json`` (run on top of ``train.json``) registers with, so that evaluation runs the same pipeline
+    as inference and ``monai-moe-reg register``."""
+    parser = bundle_config(bundle, "inference.json")
+    if "registration" not in parser:
+        raise ValueError(f"bundle '{bundle}' has no 'registration' section in configs/inference.json.")
+    return parser.get_parsed_content("registration")

@@ -6,8 +6,6 @@ and writers). ``monai-moe-reg COMMAND --help`` lists each command's arguments.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -114,39 +112,6 @@ def _check_writable(folder: Path) -> None:
         raise PermissionError(f"output folder '{folder}' is not writable.")
 
 
-def _csv(rows: list[dict], fields: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _pair_name(moving: str, fixed: str) -> str:
-    from monai_moe_reg.engines.handlers import _stem
-
-    return f"{_stem(moving)}_to_{_stem(fixed)}"
-
-
-def _metric_table(rows: list[dict]) -> str:
-    from monai_moe_reg.metrics.registration import summarize_metrics
-
-    lines = ["| metric | mean | std |", "|---|---|---|"]
-    for key, (mean, std) in summarize_metrics(rows).items():
-        lines.append(f"| {key} | {mean:.4f} | {std:.4f} |" if not np.isnan(mean) else f"| {key} | n/a | n/a |")
-    return "\n".join(lines)
-
-
 class CLI:
     """monai-moe-reg: SHMoAReg / LLM-Morph registration from the command line (commands: register, evaluate, prepare,
     fetch-llm, export, zoo-export, ship-weights)."""
@@ -212,6 +177,7 @@ class CLI:
         """
         from monai_moe_reg.apps.registration import Registrar, load_scan, parse_extras
         from monai_moe_reg.data.staging import check_replaceable
+        from monai_moe_reg.engines.handlers import pair_name
 
         missing = [f"--{n}" for n, v in (("fixed", fixed), ("moving", moving), ("output", output)) if not v]
         if missing:
@@ -231,10 +197,10 @@ class CLI:
         _say(f"moving: {moving} ({_describe(mov)})")
         _say(f"network: {type(registrar.network).__name__ if registrar.network is not None else 'none'}; "
              f"affine: {affine}; instance optimisation: {'on' if enabled else 'off'}")
-        target = out_dir / _pair_name(moving, fixed)
+        target = out_dir / pair_name(moving, fixed)
         _check_writable(out_dir)  # before the work: a read-only or foreign destination fails now, not after it
         check_replaceable(target)
-        result = registrar(fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled)
+        result = registrar(fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled, progress=True)
         folder = Registrar.write(result, target, extras=extras)
         m, t = result.metrics, result.timings
         if "dice" in m:
@@ -285,37 +251,24 @@ class CLI:
             The mean +- std table (markdown).
         """
         _trust(trust_bundle)
+        from monai.data import DataLoader
+
         from monai_moe_reg.data import load_pairs
-        from monai_moe_reg.metrics.registration import METRIC_NAMES
+        from monai_moe_reg.engines import PairMetricsSaver, RegistrationPipelineEvaluator, metric_table
 
         out = Path(output)
+        if out.suffix != ".csv":
+            raise ValueError(f"--output must be a .csv file, got '{out}'.")
         pairs = load_pairs(datalist, section)
         _check_writable(out.parent if str(out.parent) else Path("."))  # before the work, not after it
         enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic, io_regularise)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
-        rows, failed = [], []
-        fields = ["pair", *METRIC_NAMES, "seconds"]
-        for i, p in enumerate(pairs):
-            name = _pair_name(p["moving_image"], p["fixed_image"])
-            try:
-                result = registrar(p["fixed_image"], p["moving_image"], p.get("fixed_label"), p.get("moving_label"),
-                                   affine=affine, instance_opt=enabled)
-            except (ValueError, OSError, RuntimeError) as err:  # one bad scan never discards the finished rows
-                failed.append(f"{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
-                _say(f"[{i + 1}/{len(pairs)}] {name}: FAILED ({failed[-1].split(': ', 1)[1]})")
-                continue
-            m = result.metrics
-            rows.append({"pair": name, **{k: m.get(k, float("nan")) for k in METRIC_NAMES},
-                         "seconds": result.timings["total"]})
-            _write_text(out, _csv(rows, fields))  # every finished row is on disk at once
-            _say(f"[{i + 1}/{len(pairs)}] {name}: dice {rows[-1]['dice']:.4f} ({result.timings['total']:.1f} s)")
-        table = _metric_table(rows)
-        _write_text(out, _csv(rows, fields))
-        _write_text(out.with_name(out.stem + "_summary.md"), table + "\n")
+        saver = PairMetricsSaver(out.parent, out.name)  # the bundle's evaluate.json writes with the same handler
+        loader = DataLoader(pairs, batch_size=1, shuffle=False, num_workers=0, collate_fn=list)
+        RegistrationPipelineEvaluator(device, loader, registrar, affine=affine, instance_opt=enabled,
+                                      val_handlers=[saver]).run()  # a failed pair: ValueError after the others
+        table = metric_table(saver.rows)
         _say(table)
-        if failed:
-            raise ValueError(f"{len(failed)} of {len(pairs)} pairs failed (the {len(rows)} finished rows are in "
-                             f"{out}); first: {failed[0]}")
         return table
 
     def prepare(
@@ -457,7 +410,8 @@ def _import_monai_without_transchex() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: fire CLI; expected input errors print one line and exit with status 2."""
+    """Console entry point: fire CLI; errors in the user's input (``ValueError``, ``OSError``) print one line and
+    exit with status 2, Ctrl-C / SIGTERM exits with 130, and anything else (a bug) keeps its traceback."""
     import warnings
 
     import fire
@@ -470,13 +424,13 @@ def main(argv: list[str] | None = None) -> None:
         _import_monai_without_transchex()
         warnings.filterwarnings("ignore")
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("monai_moe_reg").setLevel(logging.INFO)  # each stage as it runs, and the weights used
         fire.Fire(CLI(), command=argv, name="monai-moe-reg")
     except KeyboardInterrupt:
         print("monai-moe-reg: interrupted: nothing half-written was left (finished results are kept).", file=sys.stderr)
         sys.exit(130)
-    except (ValueError, OSError, KeyError, IndexError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"monai-moe-reg: error: {msg}".splitlines()[0], file=sys.stderr)
+    except (ValueError, OSError) as err:  # the user's input; any other exception is a bug and keeps its traceback
+        print(f"monai-moe-reg: error: {err}".splitlines()[0], file=sys.stderr)
         sys.exit(2)
 
 

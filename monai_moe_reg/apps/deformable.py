@@ -18,13 +18,13 @@ import sys
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import DVF2DDF, Warp
 from torch import nn
 from tqdm import tqdm
 
 from monai_moe_reg.apps.affine import adam_step
 from monai_moe_reg.apps.spatial import Grid, level_factors, pool_to, resample_field, warp_through
-from monai_moe_reg.engines.instance_optimisation import _smooth
 from monai_moe_reg.losses.gradient import make_regulariser
 
 __all__ = ["optimise_pyramid", "compose", "REGULARISE"]
@@ -93,6 +93,8 @@ def optimise_pyramid(
         ``{"steps": [...], "loss": [...]}`` per level. The registration on any grid ``G`` of the fixed world is
         ``compose(resample_field(w, grid, G), resample_field(u0, u0_grid, G))``.
     """
+    if not len(levels):
+        raise ValueError("instance optimisation needs at least one level (levels, e.g. [4, 2]).")
     steps = [int(steps)] * len(levels) if isinstance(steps, int) else [int(s) for s in steps]
     if len(steps) != len(levels):
         raise ValueError(f"instance optimisation: {len(levels)} levels but {len(steps)} step counts.")
@@ -134,8 +136,6 @@ def optimise_pyramid(
         info["loss"].append(history[-1] if history else float("nan"))
         logger.info("instance optimisation level %s %s: %d steps, loss %.5f", level, grid.shape, len(history),
                     info["loss"][-1])
-    if field is None:
-        raise ValueError("instance optimisation needs at least one level.")
     with torch.no_grad():
         w = _residual(field.detach(), smoothing, integrate)
     return w, grid, info
@@ -144,3 +144,14 @@ def optimise_pyramid(
 def _residual(field: torch.Tensor, smoothing: int, integrate: nn.Module | None) -> torch.Tensor:
     v = _smooth(field, smoothing)
     return integrate(v) if integrate is not None else v
+
+
+def _smooth(field: torch.Tensor, times: int) -> torch.Tensor:
+    """``times`` passes of a 3-wide box filter (edges averaged over the voxels inside): a cheap smoothness prior on
+    the optimised field, as in ConvexAdam's Adam stage. Adam scales every component's step to about ``lr`` whatever
+    its gradient, so components with only rounding-noise gradients (flat background) would wander; the filter keeps
+    the used field smooth."""
+    pool = F.avg_pool3d if field.ndim == 5 else F.avg_pool2d
+    for _ in range(times):
+        field = pool(field, 3, stride=1, padding=1, count_include_pad=False)
+    return field

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,9 @@ NETWORK_MODES = ("auto", "on", "off")
 SECTION_KEYS = ("network_spacing", "network_smoothing", "affine", "instance_optimisation",
                 "network_instance_optimisation")
 MAX_LABEL_IDS = 1000  # more distinct values than any parcellation: an intensity image given as a label map
-EXTRAS = ("ddf", "ddf_itk", "jacobian", "overview")  # optional output files, each about the size of the field
+# optional output files, each about the size of the field (expert_maps: SHMoAReg's selected SHMoE expert per voxel
+# and direction on the network's working grid, when the network ran)
+EXTRAS = ("ddf", "ddf_itk", "jacobian", "overview", "expert_maps")
 
 
 def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: bool = False):
@@ -123,6 +125,8 @@ class RegistrationResult:
         metrics: Dice/HD95/ASSD (mm) with both labels, %|J|<=0, SD log J, unregistered Dice.
         timings: seconds per stage.
         jacobian: ``(*S)`` Jacobian determinant of the total map (computed once, for the metrics and the files).
+        expert_maps: SHMoAReg's selected expert per voxel and direction ``(D, *s)`` on the network's working grid
+            (``network_affine``), or ``None`` (no network, or one without SHMoE).
     """
 
     fixed: torch.Tensor
@@ -134,6 +138,8 @@ class RegistrationResult:
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     jacobian: torch.Tensor | None = None
+    expert_maps: torch.Tensor | None = None
+    network_affine: torch.Tensor | None = None
 
 
 class Registrar:
@@ -147,6 +153,7 @@ class Registrar:
         moving_intensity, fixed_intensity: intensity modes of :func:`monai_moe_reg.data.transforms.intensity_transform`.
         device: where the network and the optimisation run.
         spatial_dims: 3 (2 for 2-D bundles).
+        inferer: runs the network, ``inferer(x, network)`` (default: ``network(x)``).
 
     Example::
 
@@ -163,8 +170,10 @@ class Registrar:
         fixed_intensity: str = "minmax",
         device: str | torch.device = "cpu",
         spatial_dims: int = 3,
+        inferer: Callable | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.inferer = inferer
         self.network = network.to(self.device).eval() if network is not None else None
         self.config = dict(registration)
         for key in ("affine", "instance_optimisation"):
@@ -184,6 +193,8 @@ class Registrar:
                 raise ValueError(f"registration::{key} must be {need}, got {value!r}.")
         self.moving_intensity, self.fixed_intensity = moving_intensity, fixed_intensity
         self.spatial_dims = spatial_dims
+        for name in ("affine", "instance_optimisation"):  # the whole section is checked now, not at the first pair
+            self._stage(name, from_network=True)
 
     @classmethod
     def from_bundle(
@@ -194,17 +205,13 @@ class Registrar:
         network: str = "auto",
         overrides: Mapping | None = None,
     ) -> Registrar:
-        """Build from a bundle folder (or name): ``network="auto"`` loads ``checkpoint`` (default: your trained
-        ``<bundle>/models/model.pt``, else the bundle's shipped pretrained weights, see
-        :func:`~monai_moe_reg.weights.default_weights`) when it exists and otherwise registers without the network
-        (logged), unless the bundle's ``registration::use_network`` is ``false`` and no ``checkpoint`` is given;
-        ``"on"`` requires the weights; ``"off"`` never uses the network. ``overrides`` replace entries of the
-        bundle's ``registration`` section (e.g. ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
+        """Build from a bundle folder (or name) and its ``configs/inference.json``, as
+        :meth:`from_section` (``checkpoint``: default your trained ``<bundle>/models/model.pt``, else the bundle's
+        shipped pretrained weights, see :func:`~monai_moe_reg.weights.default_weights`). ``overrides`` replace entries of the bundle's ``registration`` section (e.g.
+        ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
         from monai_moe_reg.bundles import build_network, bundle_config
-        from monai_moe_reg.weights import default_weights, load_network_weights
+        from monai_moe_reg.weights import default_weights
 
-        if network not in NETWORK_MODES:
-            raise ValueError(f"network must be one of {NETWORK_MODES}, got {network!r}.")
         parser = bundle_config(bundle, "inference.json")
         if "registration" not in parser:
             raise ValueError(f"bundle '{bundle}' has no 'registration' section in configs/inference.json.")
@@ -217,35 +224,79 @@ class Registrar:
                         parser[f"registration::network_instance_optimisation::{sub}"] = v
             else:
                 parser[f"registration::{key}"] = value
-        net = None
-        use = parser["registration"].get("use_network", True)
+        return cls.from_section(
+            parser.get_parsed_content("registration"),
+            lambda: build_network(parser, " (or register without the network: --network off)"),
+            checkpoint=checkpoint,  # given here, it is a request for the network (even the default file)
+            default_checkpoint=None if checkpoint else default_weights(parser["bundle_root"]),
+            network_mode=network,
+            moving_intensity=parser["moving_intensity"],
+            fixed_intensity=parser["fixed_intensity"],
+            device=device,
+            spatial_dims=int(parser["network_def"].get("spatial_dims", 3)),
+            bundle=str(bundle),
+        )
+
+    @classmethod
+    def from_section(
+        cls,
+        registration: Mapping,
+        network: nn.Module | Callable[[], nn.Module] | None,
+        checkpoint: str | os.PathLike | None = None,
+        default_checkpoint: str | os.PathLike | None = None,
+        network_mode: str = "auto",
+        moving_intensity: str = "minmax",
+        fixed_intensity: str = "minmax",
+        device: str | torch.device = "cpu",
+        spatial_dims: int = 3,
+        inferer: Callable | None = None,
+        bundle: str = "",
+    ) -> Registrar:
+        """The registrar a bundle's parsed ``registration`` section describes; what :meth:`from_bundle` and the
+        bundles' ``inference.json``/``evaluate.json`` (``registrar``) both build, so the CLI and the workflows run
+        one pipeline with one set of settings.
+
+        ``network`` is the bundle's network (or a function building it, called only when it is used) and
+        ``checkpoint`` its weights (``None``: ``default_checkpoint``, the bundle's own). ``network_mode="auto"``
+        loads the weights when the file exists and otherwise registers without the network (logged), and leaves the
+        network out when the section's ``use_network`` is ``false`` unless a ``checkpoint`` other than the default
+        was given (a request for the network); ``"on"`` requires the weights; ``"off"`` never uses the network.
+        ``inferer`` (e.g. MONAI's ``SimpleInferer``) runs the network, ``inferer(x, network)``.
+        The section's ``intensity`` (if set) scales both scans instead of the network's ``moving_intensity`` /
+        ``fixed_intensity``."""
+        from monai_moe_reg.weights import load_network_weights
+
+        if network_mode not in NETWORK_MODES:
+            raise ValueError(f"network must be one of {NETWORK_MODES}, got {network_mode!r}.")
+        registration = dict(registration)
+        requested = checkpoint is not None and (default_checkpoint is None or
+                                                Path(checkpoint).resolve() != Path(default_checkpoint).resolve())
+        checkpoint = checkpoint if checkpoint is not None else default_checkpoint
+        use = registration.pop("use_network", True)
+        intensity = registration.pop("intensity", None)  # read here, not by the stages
         if not isinstance(use, bool):
             raise ValueError(f"the bundle's registration::use_network must be true or false, got {use!r}.")
-        if network == "auto" and not use and not checkpoint:  # a checkpoint given is a request for the network
+        if network_mode == "auto" and not use and not requested:
             logger.info("the bundle's registration::use_network is false (its defaults were chosen without the "
                         "network, which did not help on the tuning pairs): registering without it; --network on or "
                         "--checkpoint uses it")
-            network = "off"
-        if network != "off":
-            path = Path(checkpoint) if checkpoint else Path(default_weights(parser["bundle_root"]))
-            if path.is_file() or checkpoint or network == "on":
-                net = build_network(parser, " (or register without the network: --network off)")
+            network_mode = "off"
+        net = None
+        if network_mode != "off" and network is not None:
+            path = Path(checkpoint) if checkpoint else None
+            if (path is not None and path.is_file()) or requested or network_mode == "on":
+                if path is None:
+                    raise ValueError("the network was asked for but no checkpoint was given.")
+                net = network() if callable(network) and not isinstance(network, nn.Module) else network
                 load_network_weights(net, path, bundle)
+                logger.info("network: %s with weights %s", type(net).__name__, path)
             else:
                 logger.warning("no trained weights at %s: registering with the affine stage and instance optimisation "
                                "from the identity (train the bundle or pass a checkpoint to start from the network)",
                                path)
-        # the registration section may scale both scans its own way (the network's training scaling otherwise)
-        intensity = parser["registration"].get("intensity")
-        section = parser.get_parsed_content("registration")
-        return cls(
-            net,
-            {k: v for k, v in section.items() if k not in ("intensity", "use_network")},  # read here, not by stages
-            moving_intensity=intensity or parser["moving_intensity"],
-            fixed_intensity=intensity or parser["fixed_intensity"],
-            device=device,
-            spatial_dims=int(parser["network_def"].get("spatial_dims", 3)),
-        )
+        return cls(net, registration, moving_intensity=intensity or moving_intensity,
+                   fixed_intensity=intensity or fixed_intensity, device=device, spatial_dims=spatial_dims,
+                   inferer=inferer)
 
     # ------------------------------------------------------------------ steps
     def _stage(self, name: str, from_network: bool = False) -> dict:
@@ -290,7 +341,10 @@ class Registrar:
         matrix = torch.linalg.inv(moving_grid.coarsen(fm).affine) @ world @ grid.affine
         mov = warp_through(pool_to(moving, fm), matrix.to(self.device), grid.shape)
         with torch.no_grad():
-            ddf = self.network(torch.cat([mov, fix], dim=1)).float()
+            x = torch.cat([mov, fix], dim=1)
+            ddf = (self.inferer(x, self.network) if self.inferer is not None else self.network(x)).float()
+        maps = getattr(self.network, "expert_maps", None)  # SHMoAReg: the last forward's selection, finest first
+        self._expert_maps = (maps[0][0].to(torch.int16).cpu(), grid.affine) if maps else None
         sigma = float(self.config.get("network_smoothing") or 0.0)
         if sigma > 0:  # Gaussian smoothing of the network's field (voxels of its working grid) before IO
             ddf = GaussianFilter(self.spatial_dims, sigma).to(ddf.device)(ddf)
@@ -332,22 +386,28 @@ class Registrar:
         fixed_grid, moving_grid = _grid(fix), _grid(mov)
         f_s, m_s = self._scaled(fix, self.fixed_intensity), self._scaled(mov, self.moving_intensity)
         times["load"] = time.perf_counter() - t0
+        self._expert_maps = None
 
         t = time.perf_counter()
         world = torch.eye(4, dtype=torch.float64)
         if affine != "off":
+            logger.info("affine stage ...")
             world = affine_register(f_s, fixed_grid, m_s, moving_grid, **self._stage("affine"))
         times["affine"] = time.perf_counter() - t
+        _done("affine", times)
 
         t = time.perf_counter()
         initial = None
         if self.network is not None and affine != "only":
+            logger.info("network %s ...", type(self.network).__name__)
             initial = self._network_ddf(f_s, fixed_grid, m_s, moving_grid, world)
         times["network"] = time.perf_counter() - t
+        _done("network", times)
 
         t = time.perf_counter()
         residual = None
         if instance_opt and affine != "only":
+            logger.info("instance optimisation ...")
             w, w_grid, info = optimise_pyramid(f_s, fixed_grid, m_s, moving_grid, world, initial=initial,
                                                progress=progress,
                                                **self._stage("instance_optimisation", from_network=initial is not None))
@@ -363,6 +423,7 @@ class Registrar:
             raise ValueError("instance optimisation diverged (non-finite displacements): lower its lr (--lr) or raise "
                              "its regularisation (--io-lambda).")
         times["instance_optimisation"] = time.perf_counter() - t
+        _done("instance_optimisation", times)
 
         t = time.perf_counter()
         with torch.no_grad():
@@ -380,16 +441,20 @@ class Registrar:
             base = voxel_grid(fixed_grid.shape, device=self.device)[None]
             total = map_points(in_fixed.to(self.device), base + deformable) - base
         times["warp"] = time.perf_counter() - t
+        _done("warp", times)
 
         t = time.perf_counter()
         with torch.no_grad():
             det = jacobian_determinant(total).cpu()
         metrics = self._metrics(total.cpu(), det, warped_label, labels, fixed_grid)
         times["metrics"] = time.perf_counter() - t
+        _done("metrics", times)
         times["total"] = time.perf_counter() - t0
+        maps = self._expert_maps
         return RegistrationResult(
             fixed=fix, warped_image=warped, warped_label=warped_label, ddf=total[0].cpu(),
             deformable=deformable[0].cpu(), world_affine=world, metrics=metrics, timings=times, jacobian=det[0],
+            expert_maps=maps[0] if maps else None, network_affine=maps[1] if maps else None,
         )
 
     @staticmethod
@@ -449,6 +514,11 @@ class Registrar:
             with ThreadPoolExecutor(max_workers=3) as pool:
                 jobs = [pool.submit(nib.save, nib.Nifti1Image(arr, affine), str(stage / f"{key}.nii.gz"))
                         for key, arr in arrays.items()]
+                if "expert_maps" in wanted and result.expert_maps is not None:
+                    net_affine = np.asarray(result.network_affine, dtype=np.float64)
+                    for d, axis in zip(range(result.expert_maps.shape[0]), "xyz"):
+                        jobs.append(pool.submit(nib.save, nib.Nifti1Image(result.expert_maps[d].numpy(), net_affine),
+                                                str(stage / f"expert_map_{axis}.nii.gz")))
                 if "ddf_itk" in wanted:
                     jobs.append(pool.submit(write_itk_displacement_nifti, result.ddf, affine, stage / "ddf_itk.nii.gz"))
                 if result.ddf.shape[0] == 3:
@@ -466,6 +536,11 @@ class Registrar:
             for name, text in (extra_files or {}).items():
                 (stage / name).write_text(text)
         return final
+
+
+def _done(stage: str, times: dict) -> None:
+    if times[stage] > 0.05:
+        logger.info("%s: %.1f s", stage, times[stage])
 
 
 def parse_extras(extras: str | Sequence[str] | None) -> set[str]:

@@ -53,11 +53,9 @@ def write_demo_dataset(
                 entry[f"{role}_image"], entry[f"{role}_label"] = img, lab
             sections[section].append(entry)
             idx += 1
-    target = root / DATALIST_NAME
-    tmp = target.with_suffix(f".json.{os.getpid()}.part")
-    tmp.write_text(json.dumps(sections, indent=1))
-    tmp.replace(target)
-    return target
+    from monai_moe_reg.data.staging import atomic_write_text
+
+    return atomic_write_text(root / DATALIST_NAME, json.dumps(sections, indent=1))
 
 
 def ensure_datalist(dataset_dir: str | os.PathLike, demo: str = "mono", **kwargs) -> str:

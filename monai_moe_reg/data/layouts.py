@@ -139,9 +139,6 @@ def prepare_datalist(
         if not pairs:
             raise ValueError(f"no SR-Reg subject with both _mr and _ct volumes in '{vol}'.")
         data = _pair_sections(pairs, split, PAPER_SPLITS["srreg"])
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".part")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(out)
-    return out
+    from monai_moe_reg.data.staging import atomic_write_text
+
+    return atomic_write_text(output, json.dumps(data, indent=1))

@@ -19,10 +19,68 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["staged_folder", "publish", "check_replaceable", "foreign_files", "process_alive", "MARKER"]
+__all__ = [
+    "atomic_save", "atomic_write_text", "staged_folder", "publish", "check_replaceable", "foreign_files",
+    "process_alive", "MARKER",
+]
 
 MARKER = ".monai-moe-reg.json"
 _NAME_BUDGET = 120  # characters of the destination's name kept in the staging names (file systems allow 255)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.tmp`` files beside ``path`` left by a process that was killed mid-write (its pid is
+    gone); a temporary of a live process is left alone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2 : -len(".tmp")])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not process_alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_save(obj, path: str | os.PathLike, writer: Callable | None = None) -> Path:
+    """Write ``obj`` (``torch.save``, or ``writer(obj, file)``) to a temporary file beside ``path``, fsync it, rename
+    it onto ``path`` and fsync the folder: ``path`` is always either the old complete file or the new one. The one
+    way this package writes a single file (checkpoints, datalists, CSVs, downloads, exports)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            if writer is None:
+                import torch
+
+                writer = torch.save
+            writer(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_save` of a text file (UTF-8)."""
+    return atomic_save(text, path, writer=lambda obj, fh: fh.write(obj.encode("utf-8")))
 
 
 def _files_in(folder: Path) -> list[str]:

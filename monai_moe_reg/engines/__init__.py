@@ -10,7 +10,16 @@ from monai_moe_reg.engines.checkpoints import (
 )
 from monai_moe_reg.engines.evaluator import RegistrationEvaluator
 from monai_moe_reg.engines.interrupt import InterruptHandler
-from monai_moe_reg.engines.handlers import PairMetric, PairMetricsSaver, RegistrationWriter, loss_terms, pair_names
+from monai_moe_reg.engines.handlers import (
+    PairMetric,
+    PairMetricsSaver,
+    RegistrationWriter,
+    loss_terms,
+    metric_table,
+    pair_name,
+    pair_names,
+)
+from monai_moe_reg.engines.pipeline import RegistrationPipelineEvaluator
 from monai_moe_reg.engines.settings import check_device, check_training_settings
 from monai_moe_reg.engines.trainer import RegistrationTrainer
 from monai_moe_reg.engines.utils import autocast, pair_to_device, predict_ddf, unwrap
@@ -22,9 +31,12 @@ __all__ = [
     "SafeDiskSaver",
     "atomic_save",
     "loss_terms",
+    "metric_table",
+    "pair_name",
     "PairMetric",
     "PairMetricsSaver",
     "RegistrationEvaluator",
+    "RegistrationPipelineEvaluator",
     "RegistrationTrainer",
     "RegistrationWriter",
     "ResumableCheckpointSaver",

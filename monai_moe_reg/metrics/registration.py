@@ -68,7 +68,7 @@ def summarize_metrics(rows: Sequence[dict]) -> dict[str, tuple[float, float]]:
     """Mean and std of each of :data:`METRIC_NAMES` over per-pair rows, NaNs ignored (NaN where no row has one)."""
     out = {}
     for key in METRIC_NAMES:
-        values = np.array([r[key] for r in rows], dtype=float)
+        values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
         values = values[~np.isnan(values)]
         out[key] = (float(values.mean()), float(values.std())) if values.size else (float("nan"), float("nan"))
     return out

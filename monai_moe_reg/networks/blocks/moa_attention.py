@@ -141,4 +141,3 @@ class MoAWindowAttention(SwinWindowAttention):
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, top_k={self.top_k}, head_dim={self.head_dim}, sparse={self.sparse}"
-
