@@ -21,6 +21,8 @@ from monai.networks.blocks import DVF2DDF, Warp
 from monai.networks.layers import GaussianFilter
 from torch.utils.data import Dataset
 
+from monai_moe_reg.data.synthetic import smooth_noise
+
 __all__ = ["SynthPairs", "random_diffeomorphism", "random_svf", "synth_image", "synth_label_map"]
 
 
@@ -29,10 +31,7 @@ def _uniform(g: torch.Generator, low: float, high: float) -> float:
 
 
 def _smooth_noise(g: torch.Generator, channels: int, shape: Sequence[int], control: int) -> torch.Tensor:
-    """``(1, channels, *shape)`` smooth random fields: Gaussian noise on a ``control``-point grid, upsampled."""
-    coarse = torch.randn(1, channels, *([max(2, control)] * len(shape)), generator=g)
-    mode = "trilinear" if len(shape) == 3 else "bilinear"
-    return F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
+    return smooth_noise(shape, channels, control, lambda size: torch.randn(*size, generator=g))
 
 
 def random_svf(

@@ -5,7 +5,7 @@ Used by the tests, the demo and the bundles' embedded demo set, so no download i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,16 +36,23 @@ def blob_label_map(shape: Sequence[int], num_labels: int = 5, seed: int = 0) -> 
     body = ((grid / radii) ** 2).sum(0) <= 1.0
     centres = torch.tensor(rng.uniform(-0.45, 0.45, (num_labels, len(shape))), dtype=torch.float32)
     dist = torch.stack([((grid - c.view(-1, *([1] * len(shape)))) ** 2).sum(0).sqrt() for c in centres])
-    noise = _smooth_noise(shape, num_labels, rng, control=4) * 0.15
+    noise = _numpy_noise(shape, num_labels, rng, control=4) * 0.15
     labels = (dist + noise).argmin(0) + 1
     labels[~body] = 0
     return labels.unsqueeze(0).long()
 
 
-def _smooth_noise(shape: Sequence[int], channels: int, rng: np.random.Generator, control: int = 4) -> torch.Tensor:
-    coarse = torch.tensor(rng.standard_normal((1, channels) + (control,) * len(shape)), dtype=torch.float32)
+def smooth_noise(shape: Sequence[int], channels: int, control: int, draw: Callable[[tuple], torch.Tensor]) -> torch.Tensor:
+    """``(1, channels, *shape)`` smooth random fields: standard normal noise ``draw(size)`` on a ``control``-point
+    grid per axis (at least 2), upsampled linearly. ``draw`` is the caller's seeded generator (NumPy here,
+    ``torch.Generator`` in :mod:`~monai_moe_reg.data.synth`)."""
+    coarse = draw((1, channels) + (max(2, control),) * len(shape)).float()
     mode = "trilinear" if len(shape) == 3 else "bilinear"
-    return F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)[0]
+    return F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
+
+
+def _numpy_noise(shape: Sequence[int], channels: int, rng: np.random.Generator, control: int = 4) -> torch.Tensor:
+    return smooth_noise(shape, channels, control, lambda size: torch.from_numpy(rng.standard_normal(size)))[0]
 
 
 def labels_to_image(
@@ -61,7 +68,7 @@ def labels_to_image(
     if lut.numel() < n + 1:
         raise ValueError(f"need {n} intensities (one per label), got {len(intensities)}.")
     image = lut[labels.long()]
-    image = image * (1.0 + 0.1 * _smooth_noise(labels.shape[1:], 1, rng, control=3))
+    image = image * (1.0 + 0.1 * _numpy_noise(labels.shape[1:], 1, rng, control=3))
     image = image + noise * torch.tensor(rng.standard_normal(image.shape), dtype=torch.float32)
     return image.clamp(0.0, 1.0)
 
@@ -70,7 +77,7 @@ def random_smooth_ddf(shape: Sequence[int], max_disp: float = 3.0, control: int 
     """A smooth random displacement ``(D, *shape)`` in voxels: Gaussian noise on a ``control^D`` grid, upsampled
     linearly and scaled so the largest component is ``max_disp`` voxels."""
     rng = np.random.default_rng(seed)
-    ddf = _smooth_noise(shape, len(shape), rng, control=control)
+    ddf = _numpy_noise(shape, len(shape), rng, control=control)
     return ddf * (max_disp / ddf.abs().max().clamp_min(1e-8))
 
 
