@@ -7,24 +7,34 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["build_network", "bundle_config", "bundle_dir", "bundle_root", "locate", "registration_section", "require_path"]
+__all__ = [
+    "build_network", "bundle_config", "bundle_dir", "bundle_root", "installed_bundles", "locate", "registration_section",
+    "require_path",
+]
 
 BUNDLE_NAMES = ("shmoareg", "llm_morph")
 
 
+def installed_bundles() -> list[Path]:
+    """Folders that hold the shipped bundles, first found first: ``_bundles`` inside the installed package (a
+    wheel) and ``bundles`` beside the package (a checkout, also an editable install)."""
+    here = Path(__file__).resolve().parent
+    return [p for p in (here / "_bundles", here.parent / "bundles") if p.is_dir()]
+
+
 def locate(name: str) -> str:
-    """Folder of bundle ``name``: ``./bundles/<name>`` (run from the repository root), the current folder when it is
-    the bundle itself, or the ``bundles/<name>`` beside this package (editable install). Pass ``--bundle_root`` to
-    ``monai.bundle run`` to choose another place."""
+    """Folder of bundle ``name``: ``./bundles/<name>`` (run from a checkout's root), the current folder when it is
+    the bundle itself, else the copy installed with the package (:func:`installed_bundles`). Pass
+    ``--bundle_root`` to ``monai.bundle run`` (or a folder as ``--bundle`` to the CLI) to choose another place."""
     if name not in BUNDLE_NAMES:
         raise ValueError(f"unknown bundle {name!r}; expected one of {BUNDLE_NAMES}.")
-    candidates = [Path.cwd() / "bundles" / name, Path.cwd(), Path(__file__).resolve().parents[1] / "bundles" / name]
+    candidates = [Path.cwd() / "bundles" / name, Path.cwd()] + [p / name for p in installed_bundles()]
     for c in candidates:
         if (c / "configs" / "metadata.json").is_file() and c.name == name:
             return str(c)
     raise FileNotFoundError(
-        f"cannot find the '{name}' bundle folder from {Path.cwd()}; run from the repository root or the bundle folder, "
-        "or pass --bundle_root <path to bundles/" + name + ">."
+        f"cannot find the '{name}' bundle folder (not in ./bundles, not installed with the package: reinstall "
+        f"monai-moe-reg); pass the bundle folder itself, e.g. --bundle path/to/bundles/{name}."
     )
 
 
@@ -69,7 +79,8 @@ def bundle_root(bundle: str | os.PathLike) -> Path:
     if root.name in BUNDLE_NAMES:
         return Path(locate(root.name))
     raise FileNotFoundError(
-        f"'{root}' is not a bundle folder (no configs/inference.json); e.g. --bundle bundles/shmoareg"
+        f"'{root}' is not a bundle folder (no configs/inference.json): give a bundle name (--bundle shmoareg or "
+        "llm_morph) or a bundle folder."
     )
 
 

@@ -121,7 +121,7 @@ class CLI:
         fixed: str | None = None,
         moving: str | None = None,
         output: str | None = None,
-        bundle: str = "bundles/shmoareg",
+        bundle: str = "shmoareg",
         fixed_label: str | None = None,
         moving_label: str | None = None,
         checkpoint: str | None = None,
@@ -149,8 +149,8 @@ class CLI:
             output: output folder; results go to OUTPUT/<moving>_to_<fixed>/: warped_image and warped_label
                 .nii.gz, transform.h5 (the one transform file: ITK composite of the affine and the field, for
                 antsApplyTransforms, ITK and 3D Slicer), metrics.json/.csv.
-            bundle: bundle folder whose network and registration settings are used (bundles/shmoareg or
-                bundles/llm_morph).
+            bundle: bundle name (shmoareg, llm_morph: ./bundles/NAME, else the copy installed with the package) or
+                folder whose network and registration settings are used.
             fixed_label: optional fixed label map (with --moving-label: Dice/HD95/ASSD in mm).
             moving_label: optional moving label map, warped with nearest interpolation (alone: atlas segmentation).
             checkpoint: network weights (default: BUNDLE/models/model.pt if you trained one, else the shipped
@@ -188,6 +188,10 @@ class CLI:
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"output folder '{out_dir}' exists and is not a folder.")
         parse_extras(extras)  # a typo is an error before the registration, not after it
+        for what, path in (("fixed image", fixed), ("moving image", moving), ("fixed label", fixed_label),
+                           ("moving label", moving_label)):
+            if path and not Path(str(path)).exists():  # before the bundle and its network are loaded
+                raise FileNotFoundError(f"{what} '{path}' does not exist.")
         _trust(trust_bundle)
         enabled, overrides = _io_overrides(instance_opt, lr, io_lambda, diffeomorphic, io_regularise)
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
@@ -214,7 +218,7 @@ class CLI:
     def evaluate(
         self,
         datalist: str,
-        bundle: str = "bundles/shmoareg",
+        bundle: str = "shmoareg",
         section: str = "testing",
         checkpoint: str | None = None,
         output: str = "metrics.csv",
@@ -233,7 +237,7 @@ class CLI:
 
         Args:
             datalist: datalist JSON (pairs or subject lists; see the bundles' docs).
-            bundle: bundle folder.
+            bundle: bundle name (shmoareg, llm_morph) or folder.
             section: datalist section (training, validation, testing).
             checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained
                 weights).
@@ -313,14 +317,14 @@ class CLI:
         _say(str(path))
         return str(path)
 
-    def export(self, bundle: str = "bundles/shmoareg", output: str | None = None, checkpoint: str | None = None,
+    def export(self, bundle: str = "shmoareg", output: str | None = None, checkpoint: str | None = None,
                size: int = 64) -> str:
         """Export the bundle network as TorchScript that runs on pairs of any size: traced at SIZE^3 (the network's
         Swin/LLM parts are not scriptable) inside networks.export.FixedGridExport, which resamples other sizes to
         that grid and the field back, as torch.jit.script(net) and the Model Zoo's export do.
 
         Args:
-            bundle: bundle folder.
+            bundle: bundle name (shmoareg, llm_morph) or folder.
             output: .ts file (default BUNDLE/models/model.ts).
             checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained
                 weights).
@@ -409,6 +413,36 @@ def _import_monai_without_transchex() -> None:
         del sys.modules["transformers"]
 
 
+FIRE_FLAGS = {"help", "h", "interactive", "i", "separator", "completion", "trace", "t", "verbose", "v"}
+
+
+def check_flags(argv: list[str]) -> None:
+    """A ``ValueError`` for a ``--flag`` that the command does not take (fire would otherwise pass it on or drop it
+    silently), naming the closest one; ``-`` and ``_`` are the same in flag names, as in fire."""
+    import difflib
+    import inspect
+
+    if not argv or argv[0].startswith("-"):
+        return
+    command = getattr(CLI, argv[0].replace("-", "_"), None)
+    if command is None or argv[0].startswith("_"):
+        return  # fire reports an unknown command itself
+    known = [n for n in inspect.signature(command).parameters if n != "self"]
+    for token in argv[1:]:
+        if token == "--":
+            break
+        if not token.startswith("--") or len(token) == 2:
+            continue
+        flag = token[2:].split("=", 1)[0].replace("-", "_")
+        if flag.startswith("no") and flag[2:] in known:  # fire's --noflag for false
+            continue
+        if flag not in known and flag not in FIRE_FLAGS:
+            close = difflib.get_close_matches(flag, known, n=1)
+            hint = f"; did you mean --{close[0].replace('_', '-')}?" if close else ""
+            raise ValueError(f"{argv[0]} has no option --{flag.replace('_', '-')}{hint} (see monai-moe-reg "
+                             f"{argv[0]} --help)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: fire CLI; errors in the user's input (``ValueError``, ``OSError``) print one line and
     exit with status 2, Ctrl-C / SIGTERM exits with 130, and anything else (a bug) keeps its traceback."""
@@ -425,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         warnings.filterwarnings("ignore")
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("monai_moe_reg").setLevel(logging.INFO)  # each stage as it runs, and the weights used
+        check_flags(list(sys.argv[1:] if argv is None else argv))
         fire.Fire(CLI(), command=argv, name="monai-moe-reg")
     except KeyboardInterrupt:
         print("monai-moe-reg: interrupted: nothing half-written was left (finished results are kept).", file=sys.stderr)

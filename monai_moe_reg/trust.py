@@ -20,7 +20,8 @@ __all__ = ["TRUST_ENV", "check_bundle_code", "untrusted_code"]
 
 TRUST_ENV = "MONAI_MOE_REG_TRUST_BUNDLE"
 SAFE_TARGET_PREFIXES = ("monai.", "torch.", "ignite.", "monai_moe_reg.")
-SHIPPED = Path(__file__).resolve().parent.parent / "bundles"
+HERE = Path(__file__).resolve().parent
+SHIPPED = (HERE / "_bundles", HERE.parent / "bundles")  # a wheel's copy, a checkout's bundles
 
 
 def _strings(obj, key: str = ""):
@@ -44,8 +45,9 @@ def _load(path: Path):
 def shipped_expressions() -> frozenset[str]:
     """Every ``$`` expression of the configs shipped with this package (both bundles, their recipes)."""
     found = set()
-    here = SHIPPED.parent  # a checkout or install: bundles/<name>/configs; a zoo export: the bundle holds the package
-    paths = list(SHIPPED.glob("*/configs/**/*.json")) + list((here / "configs").glob("**/*.json"))
+    # a wheel: _bundles/<name>/configs; a checkout: bundles/<name>/configs; a zoo export: the bundle holds the package
+    paths = [p for root in SHIPPED for p in root.glob("*/configs/**/*.json")] + list(
+        (HERE.parent / "configs").glob("**/*.json"))
     for path in paths:
         try:
             found |= {s.strip() for _, s in _strings(_load(path)) if s.startswith("$")}

@@ -41,17 +41,17 @@ def shipped_weights(bundle_dir: str | os.PathLike) -> Path | None:
 def default_weights(bundle_dir: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None) -> str:
     """The weights inference, evaluation and ``register`` use unless told otherwise: your own training result
     ``<ckpt_dir>/model.pt`` when it exists, else the bundle's shipped pretrained file (:func:`shipped_weights`);
-    which one is logged. With neither, the ``model.pt`` path (whose absence ``require_path`` then reports)."""
+    which one is logged (debug). With neither, the ``model.pt`` path (whose absence ``require_path`` then reports)."""
     import logging
 
     log = logging.getLogger(__name__)
     own = Path(ckpt_dir or Path(bundle_dir) / "models") / "model.pt"
     if own.is_file():
-        log.info("weights: your trained %s (pass --checkpoint to choose others)", own)
+        log.debug("weights: your trained %s (pass --checkpoint to choose others)", own)
         return str(own)
     shipped = shipped_weights(bundle_dir)
     if shipped is not None:
-        log.info("weights: the shipped pretrained %s (no trained model.pt in %s)", shipped, own.parent)
+        log.debug("weights: the shipped pretrained %s (no trained model.pt in %s)", shipped, own.parent)
         return str(shipped)
     return str(own)
 

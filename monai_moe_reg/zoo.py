@@ -143,7 +143,8 @@ def export_zoo_bundle(
                 shutil.copytree(src / name, staging / name, ignore=ignore)
             elif (src / name).is_file():
                 shutil.copy2(src / name, staging / name)
-        shutil.copytree(Path(monai_moe_reg.__file__).parent, staging / "monai_moe_reg", ignore=ignore)
+        package_ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "_bundles")  # a wheel's bundles: not twice
+        shutil.copytree(Path(monai_moe_reg.__file__).parent, staging / "monai_moe_reg", ignore=package_ignore)
         (staging / "models").mkdir(exist_ok=True)
         for entry in large_file_entries(src):  # committed files (no URL) travel with the bundle; the rest download
             if not entry.get("url") and (src / entry["path"]).is_file():

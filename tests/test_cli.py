@@ -394,3 +394,11 @@ def test_an_interrupted_register_ends_with_one_line_and_leaves_nothing(pair_file
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("monai-moe-reg: interrupted")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_unknown_flag_is_an_error_naming_the_closest_one(capsys):
+    code, err = run_main(["register", "--fixed", "a.nii.gz", "--moving", "b.nii.gz", "--output", "o",
+                          "--bundle_root", "x"], capsys)
+    assert code == 2 and "register has no option --bundle-root; did you mean --bundle?" in err
+    code, err = run_main(["evaluate", "--datalist", "d.json", "--instance-optt", "3"], capsys)
+    assert code == 2 and "did you mean --instance-opt?" in err
