@@ -204,7 +204,8 @@ class CLI:
         target = out_dir / pair_name(moving, fixed)
         _check_writable(out_dir)  # before the work: a read-only or foreign destination fails now, not after it
         check_replaceable(target)
-        result = registrar(fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled, progress=True)
+        result = registrar(fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled,
+                           progress=sys.stdout.isatty())  # bars on a terminal; a log gets the per-stage lines
         folder = Registrar.write(result, target, extras=extras)
         m, t = result.metrics, result.timings
         if "dice" in m:
