@@ -8,7 +8,13 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "build_network", "bundle_config", "bundle_dir", "bundle_root", "installed_bundles", "locate", "registration_section",
+    "build_network",
+    "bundle_config",
+    "bundle_dir",
+    "bundle_root",
+    "installed_bundles",
+    "locate",
+    "registration_section",
     "require_path",
 ]
 
@@ -89,7 +95,6 @@ def bundle_config(bundle: str | os.PathLike, config: str = "inference.json"):
     a config that would run code this package does not ship is refused unless trusted
     (:func:`monai_moe_reg.trust.check_bundle_code`)."""
     from monai.bundle import ConfigParser
-
     from monai_moe_reg.trust import check_bundle_code
 
     root = bundle_root(bundle)

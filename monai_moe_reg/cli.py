@@ -65,8 +65,12 @@ def _io_overrides(instance_opt, lr, io_lambda, diffeomorphic=None, io_regularise
             raise ValueError(f"--lr must be a finite number > 0, got {lr!r}.")
         io["lr"] = float(lr)
     if io_lambda is not None:
-        if (isinstance(io_lambda, bool) or not isinstance(io_lambda, (int, float)) or not math.isfinite(io_lambda)
-                or io_lambda < 0):
+        if (
+            isinstance(io_lambda, bool)
+            or not isinstance(io_lambda, (int, float))
+            or not math.isfinite(io_lambda)
+            or io_lambda < 0
+        ):
             raise ValueError(f"--io-lambda must be a finite number >= 0 (lambda_reg >= 0), got {io_lambda!r}.")
         io["lambda_reg"] = float(io_lambda)
     if diffeomorphic is not None:
@@ -188,8 +192,12 @@ class CLI:
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"output folder '{out_dir}' exists and is not a folder.")
         parse_extras(extras)  # a typo is an error before the registration, not after it
-        for what, path in (("fixed image", fixed), ("moving image", moving), ("fixed label", fixed_label),
-                           ("moving label", moving_label)):
+        for what, path in (
+            ("fixed image", fixed),
+            ("moving image", moving),
+            ("fixed label", fixed_label),
+            ("moving label", moving_label),
+        ):
             if path and not Path(str(path)).exists():  # before the bundle and its network are loaded
                 raise FileNotFoundError(f"{what} '{path}' does not exist.")
         _trust(trust_bundle)
@@ -199,18 +207,23 @@ class CLI:
         mov = load_scan(moving, "moving image", registrar.spatial_dims)
         _say(f"fixed:  {fixed} ({_describe(fix)})")
         _say(f"moving: {moving} ({_describe(mov)})")
-        _say(f"network: {type(registrar.network).__name__ if registrar.network is not None else 'none'}; "
-             f"affine: {affine}; instance optimisation: {'on' if enabled else 'off'}")
+        _say(
+            f"network: {type(registrar.network).__name__ if registrar.network is not None else 'none'}; "
+            f"affine: {affine}; instance optimisation: {'on' if enabled else 'off'}"
+        )
         target = out_dir / pair_name(moving, fixed)
         _check_writable(out_dir)  # before the work: a read-only or foreign destination fails now, not after it
         check_replaceable(target)
-        result = registrar(fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled,
-                           progress=sys.stdout.isatty())  # bars on a terminal; a log gets the per-stage lines
+        result = registrar(
+            fix, mov, fixed_label, moving_label, affine=affine, instance_opt=enabled, progress=sys.stdout.isatty()
+        )  # bars on a terminal; a log gets the per-stage lines
         folder = Registrar.write(result, target, extras=extras)
         m, t = result.metrics, result.timings
         if "dice" in m:
-            _say(f"Dice {m['dice_unregistered']:.4f} -> {m['dice']:.4f}, HD95 {m['hd95_mm']:.2f} mm, "
-                 f"ASSD {m['assd_mm']:.2f} mm")
+            _say(
+                f"Dice {m['dice_unregistered']:.4f} -> {m['dice']:.4f}, HD95 {m['hd95_mm']:.2f} mm, "
+                f"ASSD {m['assd_mm']:.2f} mm"
+            )
         _say(f"%|J|<=0 {m['folding_percent']:.4f}, SD log J {m['sdlogj']:.4f}")
         _say("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if isinstance(v, float)))
         _say(f"wrote {folder}")
@@ -257,7 +270,6 @@ class CLI:
         """
         _trust(trust_bundle)
         from monai.data import DataLoader
-
         from monai_moe_reg.data import load_pairs
         from monai_moe_reg.engines import PairMetricsSaver, RegistrationPipelineEvaluator, metric_table
 
@@ -270,8 +282,9 @@ class CLI:
         registrar = _registrar(bundle, checkpoint, device, network, overrides)
         saver = PairMetricsSaver(out.parent, out.name)  # the bundle's evaluate.json writes with the same handler
         loader = DataLoader(pairs, batch_size=1, shuffle=False, num_workers=0, collate_fn=list)
-        RegistrationPipelineEvaluator(device, loader, registrar, affine=affine, instance_opt=enabled,
-                                      val_handlers=[saver]).run()  # a failed pair: ValueError after the others
+        RegistrationPipelineEvaluator(
+            device, loader, registrar, affine=affine, instance_opt=enabled, val_handlers=[saver]
+        ).run()  # a failed pair: ValueError after the others
         table = metric_table(saver.rows)
         _say(table)
         return table
@@ -313,13 +326,16 @@ class CLI:
         from monai_moe_reg.llm import fetch_smollm2
 
         if name.lower() != "smollm2":
-            raise ValueError(f"unknown LLM {name!r}; available: smollm2 (other models: pass a local folder/GGUF as --llm).")
+            raise ValueError(
+                f"unknown LLM {name!r}; available: smollm2 (other models: pass a local folder/GGUF as --llm)."
+            )
         path = fetch_smollm2(dest, force)
         _say(str(path))
         return str(path)
 
-    def export(self, bundle: str = "shmoareg", output: str | None = None, checkpoint: str | None = None,
-               size: int = 64) -> str:
+    def export(
+        self, bundle: str = "shmoareg", output: str | None = None, checkpoint: str | None = None, size: int = 64
+    ) -> str:
         """Export the bundle network as TorchScript that runs on pairs of any size: traced at SIZE^3 (the network's
         Swin/LLM parts are not scriptable) inside networks.export.FixedGridExport, which resamples other sizes to
         that grid and the field back, as torch.jit.script(net) and the Model Zoo's export do.
@@ -353,8 +369,9 @@ class CLI:
         _say(f"wrote {path} (max difference to eager {diff:.1e} voxels at {size}^{dims})")
         return str(path)
 
-    def zoo_export(self, bundle: str = "shmoareg", output: str | None = None, checkpoint: str | None = None,
-                   force: bool = False) -> str:
+    def zoo_export(
+        self, bundle: str = "shmoareg", output: str | None = None, checkpoint: str | None = None, force: bool = False
+    ) -> str:
         """Write a self-contained Model Zoo copy of a bundle (package inside, zoo requirements, half-precision
         ``models/model.pt`` under 25 MB), e.g. into a model-zoo checkout's ``models/<bundle>``.
 
@@ -375,8 +392,9 @@ class CLI:
         _say(f"wrote {path} (model.pt {(path / 'models' / 'model.pt').stat().st_size / 2**20:.1f} MB)")
         return str(path)
 
-    def ship_weights(self, bundle: str = "shmoareg", checkpoint: str | None = None,
-                     filename: str = "pretrained.safetensors") -> str:
+    def ship_weights(
+        self, bundle: str = "shmoareg", checkpoint: str | None = None, filename: str = "pretrained.safetensors"
+    ) -> str:
         """Make trained weights the bundle's shipped pretrained file: models/FILENAME (safetensors, half precision
         if needed to stay under 25 MB), listed with its sha256 in large_files.yml; register, inference.json and
         evaluate.json then use it whenever there is no trained models/model.pt.
@@ -440,8 +458,9 @@ def check_flags(argv: list[str]) -> None:
         if flag not in known and flag not in FIRE_FLAGS:
             close = difflib.get_close_matches(flag, known, n=1)
             hint = f"; did you mean --{close[0].replace('_', '-')}?" if close else ""
-            raise ValueError(f"{argv[0]} has no option --{flag.replace('_', '-')}{hint} (see monai-moe-reg "
-                             f"{argv[0]} --help)")
+            raise ValueError(
+                f"{argv[0]} has no option --{flag.replace('_', '-')}{hint} (see monai-moe-reg " f"{argv[0]} --help)"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

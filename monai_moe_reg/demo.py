@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.networks.blocks import Warp
-
 from monai_moe_reg.data import synthetic_pair
 from monai_moe_reg.losses import SHMoARegLoss
 from monai_moe_reg.metrics import dice_per_label, nonpositive_jacobian_percent
@@ -78,7 +77,9 @@ def run(
     )
     loss_fn = SHMoARegLoss(lambda_reg=0.01)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    logger.info("SHMoAReg demo: %d train / %d held-out synthetic pairs of %d^3, %d steps", len(train), len(val), size, steps)
+    logger.info(
+        "SHMoAReg demo: %d train / %d held-out synthetic pairs of %d^3, %d steps", len(train), len(val), size, steps
+    )
     start = time.time()
     for step in range(steps):
         p = train[step % len(train)]
@@ -89,7 +90,14 @@ def run(
         terms["loss"].backward()
         opt.step()
         if step % 50 == 0 or step == steps - 1:
-            logger.info("step %4d  loss %.5f  mse %.5f  rc %.3f  (%.0f s)", step, terms["loss"], terms["sim"], terms["rc"], time.time() - start)
+            logger.info(
+                "step %4d  loss %.5f  mse %.5f  rc %.3f  (%.0f s)",
+                step,
+                terms["loss"],
+                terms["sim"],
+                terms["rc"],
+                time.time() - start,
+            )
     before, after, folding = _evaluate(net, val)
     logger.info("held-out Dice: unregistered %.3f -> SHMoAReg %.3f  (%%|J|<=0 = %.3f)", before, after, folding)
     out = Path(output_dir)

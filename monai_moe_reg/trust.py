@@ -47,7 +47,8 @@ def shipped_expressions() -> frozenset[str]:
     found = set()
     # a wheel: _bundles/<name>/configs; a checkout: bundles/<name>/configs; a zoo export: the bundle holds the package
     paths = [p for root in SHIPPED for p in root.glob("*/configs/**/*.json")] + list(
-        (HERE.parent / "configs").glob("**/*.json"))
+        (HERE.parent / "configs").glob("**/*.json")
+    )
     for path in paths:
         try:
             found |= {s.strip() for _, s in _strings(_load(path)) if s.startswith("$")}
@@ -83,5 +84,7 @@ def check_bundle_code(path: str | os.PathLike, trust: bool | None = None) -> Non
     found = untrusted_code(_load(path), path.parent.parent)
     if found:
         shown = "; ".join(f"`{s[:80]}`" for s in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise ValueError(f"bundle config '{path}' would run code that is not monai-moe-reg's own ({shown}): pass "
-                         f"--trust-bundle (or set {TRUST_ENV}=1) only if you trust where it came from.")
+        raise ValueError(
+            f"bundle config '{path}' would run code that is not monai-moe-reg's own ({shown}): pass "
+            f"--trust-bundle (or set {TRUST_ENV}=1) only if you trust where it came from."
+        )

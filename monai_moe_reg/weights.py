@@ -98,8 +98,10 @@ def _read_weights(path: Path) -> dict:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for a corrupt file
         kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch"
-        raise ValueError(f"checkpoint '{path}' is not a readable {kind} file ({type(err).__name__}); it may be "
-                         "truncated or of another format.") from err
+        raise ValueError(
+            f"checkpoint '{path}' is not a readable {kind} file ({type(err).__name__}); it may be "
+            "truncated or of another format."
+        ) from err
     if isinstance(state, dict) and isinstance(state.get("network"), dict):
         state = state["network"]
     if not isinstance(state, dict):
@@ -145,8 +147,10 @@ def load_network_weights(network, path: str | os.PathLike, bundle: str | os.Path
     state = _read_weights(path)
     differ = config_mismatch(_saved_network_config(path), network)
     if differ:
-        raise ValueError(f"checkpoint '{path}' was trained with other network settings ({'; '.join(differ)}): build "
-                         "the network as it was trained (network_def), or train one for these settings.")
+        raise ValueError(
+            f"checkpoint '{path}' was trained with other network settings ({'; '.join(differ)}): build "
+            "the network as it was trained (network_def), or train one for these settings."
+        )
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:

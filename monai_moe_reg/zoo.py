@@ -119,8 +119,10 @@ def export_zoo_bundle(
     out = Path(output)
     a, b = out.resolve(), Path(src).resolve()
     if a == b or b in a.parents or a in b.parents:
-        raise ValueError(f"output '{out}' is the bundle '{src}' it exports, or inside it, or holds it: export to a "
-                         "folder outside the bundle (e.g. model-zoo/models/<name>).")
+        raise ValueError(
+            f"output '{out}' is the bundle '{src}' it exports, or inside it, or holds it: export to a "
+            "folder outside the bundle (e.g. model-zoo/models/<name>)."
+        )
     written = set(_COPIED) | {"monai_moe_reg", "models"}
 
     def replaceable(folder: Path) -> list[str]:  # --force replaces an earlier export only, never other files
@@ -131,8 +133,10 @@ def export_zoo_bundle(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"'{out}' exists and is not a folder: choose a new folder.")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"'{out}' exists and is not empty: choose a new folder, or pass --force to replace "
-                              "an earlier export there.")
+        raise FileExistsError(
+            f"'{out}' exists and is not empty: choose a new folder, or pass --force to replace "
+            "an earlier export there."
+        )
     check_replaceable(out, replaceable)
     state, _ = _trained_state(src, checkpoint, overrides)  # every input checked before anything is written
 
@@ -223,11 +227,10 @@ def ship_weights(
     file."""
     import hashlib
 
-    from safetensors.torch import save
-
     from monai_moe_reg.bundles import bundle_root
     from monai_moe_reg.engines.checkpoints import atomic_save
     from monai_moe_reg.weights import large_file_entries
+    from safetensors.torch import save
 
     src = bundle_root(bundle)
     state, config = _trained_state(src, checkpoint, overrides)

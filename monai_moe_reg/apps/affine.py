@@ -14,9 +14,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
-
 from monai_moe_reg.apps.spatial import Grid, level_factors, pool_to, voxel_grid, warp_through
+from torch import nn
 
 __all__ = ["centre_of_mass", "affine_register", "AFFINE_MODES"]
 
@@ -92,8 +91,13 @@ def affine_register(
     def level_images(level: float):
         ff, fm = level_factors(fixed_grid, level * base), level_factors(moving_grid, level * base)
         grid_fl, grid_ml = fixed_grid.coarsen(ff), moving_grid.coarsen(fm)
-        return pool_to(fixed, ff), pool_to(moving, fm), grid_fl, grid_fl.affine.to(device), \
-            torch.linalg.inv(grid_ml.affine).to(device)
+        return (
+            pool_to(fixed, ff),
+            pool_to(moving, fm),
+            grid_fl,
+            grid_fl.affine.to(device),
+            torch.linalg.inv(grid_ml.affine).to(device),
+        )
 
     def fit(lin, shift, opt, images, n_steps, stop=True) -> list[float]:
         fix_l, mov_l, grid_fl, to_fixed, from_moving = images
@@ -107,8 +111,10 @@ def affine_register(
 
     def params(angles) -> tuple[nn.Parameter, nn.Parameter]:
         rot = _rotation_matrix(angles).float().to(device)
-        return (nn.Parameter(rot - torch.eye(3, device=device)),
-                nn.Parameter((start / shift_scale_mm).float().to(device)))
+        return (
+            nn.Parameter(rot - torch.eye(3, device=device)),
+            nn.Parameter((start / shift_scale_mm).float().to(device)),
+        )
 
     lin, shift = params((0.0, 0.0, 0.0))
     if starts:  # the best of several initial rotations after a short fit on the coarsest level
@@ -126,8 +132,9 @@ def affine_register(
     for level, n_steps in zip(levels, steps):
         images = level_images(level)
         history = fit(lin, shift, opt, images, n_steps)
-        logger.info("affine level %s (%s voxels): %d steps, loss %.5f", level, images[2].shape, len(history),
-                    history[-1])
+        logger.info(
+            "affine level %s (%s voxels): %d steps, loss %.5f", level, images[2].shape, len(history), history[-1]
+        )
     with torch.no_grad():
         return _matrix(lin.detach().cpu(), shift.detach().cpu() * shift_scale_mm, centre)
 

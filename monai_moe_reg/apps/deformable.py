@@ -2,7 +2,8 @@
 
 Coarse to fine, the fixed image and the field are taken to each level together (fixed: block average; moving:
 block average on its own grid, sampled through the affine); at every level Adam fits a field ``v`` on that grid,
-box-filtered, under ``similarity(warped, fixed) + lambda_reg * Grad`` (the papers' forward-difference gradient loss), and hands it upsampled to the next
+box-filtered, under ``similarity(warped, fixed) + lambda_reg * Grad`` (the papers' forward-difference gradient loss),
+and hands it upsampled to the next
 level. ``v`` is the residual displacement itself, or, with ``diffeomorphic=True``, a stationary velocity integrated
 by MONAI's :class:`~monai.networks.blocks.DVF2DDF` (scaling and squaring), so the residual cannot fold. The
 residual ``w`` is composed with the initial DDF ``u0`` (the network's, in the affine-aligned frame) as
@@ -20,12 +21,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import DVF2DDF, Warp
-from torch import nn
-from tqdm import tqdm
-
 from monai_moe_reg.apps.affine import adam_step
 from monai_moe_reg.apps.spatial import Grid, level_factors, pool_to, resample_field, warp_through
 from monai_moe_reg.losses.gradient import make_regulariser
+from torch import nn
+from tqdm import tqdm
 
 __all__ = ["optimise_pyramid", "compose", "REGULARISE"]
 
@@ -101,9 +101,11 @@ def optimise_pyramid(
     one = isinstance(lambda_reg, (int, float))
     lambdas = [float(lambda_reg)] * len(levels) if one else [float(v) for v in lambda_reg]
     if lr <= 0 or len(lambdas) != len(levels) or min(lambdas) < 0:
-        raise ValueError(f"instance optimisation needs lr > 0 and lambda_reg >= 0 (one, or one per level), got "
-                         f"lr={lr}, "
-                         f"lambda_reg={lambda_reg}.")
+        raise ValueError(
+            f"instance optimisation needs lr > 0 and lambda_reg >= 0 (one, or one per level), got "
+            f"lr={lr}, "
+            f"lambda_reg={lambda_reg}."
+        )
     if regularise not in REGULARISE:
         raise ValueError(f"instance optimisation: regularise must be one of {REGULARISE}, got {regularise!r}.")
     device = fixed.device
@@ -119,8 +121,11 @@ def optimise_pyramid(
         matrix = (torch.linalg.inv(moving_grid.coarsen(fm).affine) @ transform @ new_grid.affine).to(device)
         u0 = resample_field(initial[0].to(device), initial[1], new_grid) if initial is not None else None
         with torch.no_grad():
-            start = torch.zeros(1, len(ff), *new_grid.shape, device=device) if field is None else \
-                resample_field(field, grid, new_grid)
+            start = (
+                torch.zeros(1, len(ff), *new_grid.shape, device=device)
+                if field is None
+                else resample_field(field, grid, new_grid)
+            )
         field, grid = nn.Parameter(start), new_grid
         opt = torch.optim.Adam([field], lr=lr)
         history: list[float] = []
@@ -129,13 +134,15 @@ def optimise_pyramid(
             w = _residual(field, smoothing, integrate)
             u = compose(w, u0)
             warped = warp_through(mov_l, matrix, grid.shape, u)
-            if adam_step(opt, similarity(warped, fix_l) + lam * reg(u if regularise == "total" else w), history, tol,
-                         patience):
+            if adam_step(
+                opt, similarity(warped, fix_l) + lam * reg(u if regularise == "total" else w), history, tol, patience
+            ):
                 break
         info["steps"].append(len(history))
         info["loss"].append(history[-1] if history else float("nan"))
-        logger.info("instance optimisation level %s %s: %d steps, loss %.5f", level, grid.shape, len(history),
-                    info["loss"][-1])
+        logger.info(
+            "instance optimisation level %s %s: %d steps, loss %.5f", level, grid.shape, len(history), info["loss"][-1]
+        )
     with torch.no_grad():
         w = _residual(field.detach(), smoothing, integrate)
     return w, grid, info

@@ -24,8 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.networks.layers import GaussianFilter
-from torch import nn
-
 from monai_moe_reg.apps.affine import AFFINE_MODES, affine_register
 from monai_moe_reg.apps.deformable import compose, optimise_pyramid
 from monai_moe_reg.apps.spatial import (
@@ -40,6 +38,7 @@ from monai_moe_reg.apps.spatial import (
 )
 from monai_moe_reg.data.staging import staged_folder
 from monai_moe_reg.metrics.jacobian import jacobian_determinant
+from torch import nn
 
 __all__ = ["Registrar", "RegistrationResult", "load_scan", "parse_extras", "NETWORK_MODES", "EXTRAS"]
 
@@ -47,8 +46,13 @@ logger = logging.getLogger(__name__)
 
 NETWORK_MODES = ("auto", "on", "off")
 # the registration section's top-level settings (use_network and intensity are read by from_bundle)
-SECTION_KEYS = ("network_spacing", "network_smoothing", "affine", "instance_optimisation",
-                "network_instance_optimisation")
+SECTION_KEYS = (
+    "network_spacing",
+    "network_smoothing",
+    "affine",
+    "instance_optimisation",
+    "network_instance_optimisation",
+)
 MAX_LABEL_IDS = 1000  # more distinct values than any parcellation: an intensity image given as a label map
 # optional output files, each about the size of the field (expert_maps: SHMoAReg's selected SHMoE expert per voxel
 # and direction on the network's working grid, when the network ran)
@@ -61,8 +65,10 @@ def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: 
     from monai.transforms import LoadImage
 
     if Path(path).is_dir():
-        raise ValueError(f"{what} '{path}' is a folder (a DICOM series?): convert it to one NIfTI file first, e.g. "
-                         "with dcm2niix, and pass that file.")
+        raise ValueError(
+            f"{what} '{path}' is a folder (a DICOM series?): convert it to one NIfTI file first, e.g. "
+            "with dcm2niix, and pass that file."
+        )
     if not Path(path).is_file():
         raise FileNotFoundError(f"{what} '{path}' does not exist.")
     try:
@@ -77,8 +83,9 @@ def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: 
     if img.shape[0] != 1 and not label:
         raise ValueError(f"{what} '{path}' has {img.shape[0]} components per voxel; give a single-channel scan.")
     if min(img.shape[1:]) < 2:
-        raise ValueError(f"{what} '{path}' is {tuple(img.shape[1:])}: too small to register (at least 2 voxels per "
-                         "axis).")
+        raise ValueError(
+            f"{what} '{path}' is {tuple(img.shape[1:])}: too small to register (at least 2 voxels per " "axis)."
+        )
     if not torch.isfinite(img).all():
         raise ValueError(f"{what} '{path}' contains NaN or Inf voxels; fill or mask them first.")
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -87,7 +94,6 @@ def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: 
     if label:
         if img.shape[0] > 1:  # multi-channel binary maps -> one integer map (channel c -> label c + 1)
             from monai.data import MetaTensor
-
             from monai_moe_reg.metrics.registration import to_label_map
 
             img = MetaTensor(to_label_map(img.as_tensor()[None].float())[0], affine=img.affine)
@@ -96,12 +102,16 @@ def load_scan(path: str | os.PathLike, what: str, spatial_dims: int = 3, label: 
         if not (img > 0).any():
             raise ValueError(f"{what} '{path}' is empty (no foreground voxel).")
         if not torch.equal(img, img.round()):
-            raise ValueError(f"{what} '{path}' has non-integer values: it looks like an intensity image, not a label "
-                             "map (integer ids, 0 = background).")
+            raise ValueError(
+                f"{what} '{path}' has non-integer values: it looks like an intensity image, not a label "
+                "map (integer ids, 0 = background)."
+            )
         ids = torch.unique(img).numel()
         if ids > MAX_LABEL_IDS:
-            raise ValueError(f"{what} '{path}' has {ids} distinct values: it looks like an intensity image, not a "
-                             f"label map (at most {MAX_LABEL_IDS} ids are accepted).")
+            raise ValueError(
+                f"{what} '{path}' has {ids} distinct values: it looks like an intensity image, not a "
+                f"label map (at most {MAX_LABEL_IDS} ids are accepted)."
+            )
         return img.round().long()
     return img.float()
 
@@ -181,10 +191,14 @@ class Registrar:
                 raise ValueError(f"the bundle's registration section needs '{key}' with a 'similarity' loss.")
         unknown = sorted(set(self.config) - set(SECTION_KEYS))
         if unknown:
-            raise ValueError(f"the bundle's registration section has unknown settings {unknown}; known: "
-                             f"{', '.join(SECTION_KEYS)}.")
-        for key, positive, need in (("network_spacing", True, "a number of mm > 0 (or null: the fixed grid)"),
-                                    ("network_smoothing", False, "a sigma in voxels >= 0")):
+            raise ValueError(
+                f"the bundle's registration section has unknown settings {unknown}; known: "
+                f"{', '.join(SECTION_KEYS)}."
+            )
+        for key, positive, need in (
+            ("network_spacing", True, "a number of mm > 0 (or null: the fixed grid)"),
+            ("network_smoothing", False, "a sigma in voxels >= 0"),
+        ):
             value = self.config.get(key)
             if value is None:
                 continue
@@ -207,7 +221,8 @@ class Registrar:
     ) -> Registrar:
         """Build from a bundle folder (or name) and its ``configs/inference.json``, as
         :meth:`from_section` (``checkpoint``: default your trained ``<bundle>/models/model.pt``, else the bundle's
-        shipped pretrained weights, see :func:`~monai_moe_reg.weights.default_weights`). ``overrides`` replace entries of the bundle's ``registration`` section (e.g.
+        shipped pretrained weights, see :func:`~monai_moe_reg.weights.default_weights`). ``overrides`` replace
+        entries of the bundle's ``registration`` section (e.g.
         ``{"instance_optimisation": {"steps": [50, 0]}}``)."""
         from monai_moe_reg.bundles import build_network, bundle_config
         from monai_moe_reg.weights import default_weights
@@ -269,17 +284,20 @@ class Registrar:
         if network_mode not in NETWORK_MODES:
             raise ValueError(f"network must be one of {NETWORK_MODES}, got {network_mode!r}.")
         registration = dict(registration)
-        requested = checkpoint is not None and (default_checkpoint is None or
-                                                Path(checkpoint).resolve() != Path(default_checkpoint).resolve())
+        requested = checkpoint is not None and (
+            default_checkpoint is None or Path(checkpoint).resolve() != Path(default_checkpoint).resolve()
+        )
         checkpoint = checkpoint if checkpoint is not None else default_checkpoint
         use = registration.pop("use_network", True)
         intensity = registration.pop("intensity", None)  # read here, not by the stages
         if not isinstance(use, bool):
             raise ValueError(f"the bundle's registration::use_network must be true or false, got {use!r}.")
         if network_mode == "auto" and not use and not requested:
-            logger.info("the bundle's registration::use_network is false (its defaults were chosen without the "
-                        "network, which did not help on the tuning pairs): registering without it; --network on or "
-                        "--checkpoint uses it")
+            logger.info(
+                "the bundle's registration::use_network is false (its defaults were chosen without the "
+                "network, which did not help on the tuning pairs): registering without it; --network on or "
+                "--checkpoint uses it"
+            )
             network_mode = "off"
         net = None
         if network_mode != "off" and network is not None:
@@ -291,12 +309,20 @@ class Registrar:
                 load_network_weights(net, path, bundle)
                 logger.info("network: %s with weights %s", type(net).__name__, path)
             else:
-                logger.warning("no trained weights at %s: registering with the affine stage and instance optimisation "
-                               "from the identity (train the bundle or pass a checkpoint to start from the network)",
-                               path)
-        return cls(net, registration, moving_intensity=intensity or moving_intensity,
-                   fixed_intensity=intensity or fixed_intensity, device=device, spatial_dims=spatial_dims,
-                   inferer=inferer)
+                logger.warning(
+                    "no trained weights at %s: registering with the affine stage and instance optimisation "
+                    "from the identity (train the bundle or pass a checkpoint to start from the network)",
+                    path,
+                )
+        return cls(
+            net,
+            registration,
+            moving_intensity=intensity or moving_intensity,
+            fixed_intensity=intensity or fixed_intensity,
+            device=device,
+            spatial_dims=spatial_dims,
+            inferer=inferer,
+        )
 
     # ------------------------------------------------------------------ steps
     def _stage(self, name: str, from_network: bool = False) -> dict:
@@ -309,15 +335,18 @@ class Registrar:
         fn = affine_register if name == "affine" else optimise_pyramid
         inputs = {"fixed", "fixed_grid", "moving", "moving_grid", "transform", "initial", "progress"}
         allowed = set(inspect.signature(fn).parameters) - inputs
-        sections = [name] + (["network_instance_optimisation"] if from_network and name == "instance_optimisation"
-                             else [])
+        sections = [name] + (
+            ["network_instance_optimisation"] if from_network and name == "instance_optimisation" else []
+        )
         cfg: dict = {}
         for section in sections:
             part = self.config.get(section) or {}
             unknown = set(part) - allowed
             if unknown:
-                raise ValueError(f"the bundle's registration::{section} section has unknown settings "
-                                 f"{sorted(unknown)}; allowed: {sorted(allowed)}.")
+                raise ValueError(
+                    f"the bundle's registration::{section} section has unknown settings "
+                    f"{sorted(unknown)}; allowed: {sorted(allowed)}."
+                )
             cfg.update(part)
         return cfg
 
@@ -329,8 +358,9 @@ class Registrar:
         out = out.as_tensor() if hasattr(out, "as_tensor") else out
         return out[None].float().to(self.device)
 
-    def _network_ddf(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
-                     world: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+    def _network_ddf(
+        self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, world: torch.Tensor
+    ) -> tuple[torch.Tensor, Grid]:
         """The network's DDF on its working grid (the fixed grid pooled to ``network_spacing`` mm and reoriented to
         RAS, as the bundles' training transforms present pairs: :func:`to_canonical`), run on the affine-aligned
         pair."""
@@ -349,8 +379,10 @@ class Registrar:
         if sigma > 0:  # Gaussian smoothing of the network's field (voxels of its working grid) before IO
             ddf = GaussianFilter(self.spatial_dims, sigma).to(ddf.device)(ddf)
         if not torch.isfinite(ddf).all():
-            raise ValueError("the network returned non-finite displacements for this pair: check the scans' intensity "
-                             "range and the bundle's intensity modes, or register without it (--network off).")
+            raise ValueError(
+                "the network returned non-finite displacements for this pair: check the scans' intensity "
+                "range and the bundle's intensity modes, or register without it (--network off)."
+            )
         return ddf, grid
 
     def __call__(
@@ -381,8 +413,10 @@ class Registrar:
             if lab is not None:
                 labels[key] = lab if isinstance(lab, torch.Tensor) else load_scan(lab, f"{key} label", dims, label=True)
         if "fixed" in labels and "moving" not in labels:
-            raise ValueError("a fixed label alone cannot be compared: give the moving label too (or only the moving "
-                             "label, to warp it onto the fixed scan).")
+            raise ValueError(
+                "a fixed label alone cannot be compared: give the moving label too (or only the moving "
+                "label, to warp it onto the fixed scan)."
+            )
         fixed_grid, moving_grid = _grid(fix), _grid(mov)
         f_s, m_s = self._scaled(fix, self.fixed_intensity), self._scaled(mov, self.moving_intensity)
         times["load"] = time.perf_counter() - t0
@@ -408,9 +442,16 @@ class Registrar:
         residual = None
         if instance_opt and affine != "only":
             logger.info("instance optimisation ...")
-            w, w_grid, info = optimise_pyramid(f_s, fixed_grid, m_s, moving_grid, world, initial=initial,
-                                               progress=progress,
-                                               **self._stage("instance_optimisation", from_network=initial is not None))
+            w, w_grid, info = optimise_pyramid(
+                f_s,
+                fixed_grid,
+                m_s,
+                moving_grid,
+                world,
+                initial=initial,
+                progress=progress,
+                **self._stage("instance_optimisation", from_network=initial is not None),
+            )
             residual = resample_field(w, w_grid, fixed_grid)
             times["io_steps"] = info["steps"]
         with torch.no_grad():
@@ -420,8 +461,10 @@ class Registrar:
             else:
                 deformable = compose(residual, u0)
         if not torch.isfinite(deformable).all():
-            raise ValueError("instance optimisation diverged (non-finite displacements): lower its lr (--lr) or raise "
-                             "its regularisation (--io-lambda).")
+            raise ValueError(
+                "instance optimisation diverged (non-finite displacements): lower its lr (--lr) or raise "
+                "its regularisation (--io-lambda)."
+            )
         times["instance_optimisation"] = time.perf_counter() - t
         _done("instance_optimisation", times)
 
@@ -452,9 +495,17 @@ class Registrar:
         times["total"] = time.perf_counter() - t0
         maps = self._expert_maps
         return RegistrationResult(
-            fixed=fix, warped_image=warped, warped_label=warped_label, ddf=total[0].cpu(),
-            deformable=deformable[0].cpu(), world_affine=world, metrics=metrics, timings=times, jacobian=det[0],
-            expert_maps=maps[0] if maps else None, network_affine=maps[1] if maps else None,
+            fixed=fix,
+            warped_image=warped,
+            warped_label=warped_label,
+            ddf=total[0].cpu(),
+            deformable=deformable[0].cpu(),
+            world_affine=world,
+            metrics=metrics,
+            timings=times,
+            jacobian=det[0],
+            expert_maps=maps[0] if maps else None,
+            network_affine=maps[1] if maps else None,
         )
 
     @staticmethod
@@ -468,8 +519,10 @@ class Registrar:
             row = registration_metrics(total, det=det)[0]
             return {k: row[k] for k in ("folding_percent", "sdlogj")}
         shape, spacing = fixed_grid.shape, fixed_grid.spacing
-        on_fixed = {k: _warp_label(v, torch.linalg.inv(_grid(v).affine) @ fixed_grid.affine, shape, None)
-                    for k, v in labels.items()}
+        on_fixed = {
+            k: _warp_label(v, torch.linalg.inv(_grid(v).affine) @ fixed_grid.affine, shape, None)
+            for k, v in labels.items()
+        }
         row = registration_metrics(total, warped_label[None], on_fixed["fixed"][None], spacing, det=det)[0]
         row["labels"] = sorted(int(v) for v in torch.unique(on_fixed["fixed"]) if v != 0)
         before = dice_per_label(on_fixed["moving"][None], on_fixed["fixed"][None], row["labels"])[0]
@@ -478,8 +531,12 @@ class Registrar:
 
     # ------------------------------------------------------------------ files
     @staticmethod
-    def write(result: RegistrationResult, folder: str | os.PathLike, extra_files: Mapping[str, str] | None = None,
-              extras: str | Sequence[str] = ()) -> Path:
+    def write(
+        result: RegistrationResult,
+        folder: str | os.PathLike,
+        extra_files: Mapping[str, str] | None = None,
+        extras: str | Sequence[str] = (),
+    ) -> Path:
         """Write ``result`` into ``folder`` on the fixed grid and affine: ``warped_image.nii.gz``,
         ``warped_label.nii.gz`` (if any), ``transform.h5`` (ITK composite of the affine and the deformable field, the
         one transform file: ``antsApplyTransforms``, ITK and 3D Slicer apply it to the *original* moving scan;
@@ -493,7 +550,6 @@ class Registrar:
         import json
 
         import nibabel as nib
-
         from monai_moe_reg.data.displacement_io import write_itk_displacement_nifti, write_itk_transform
 
         wanted = parse_extras(extras)
@@ -505,25 +561,38 @@ class Registrar:
             if "ddf" in wanted:
                 arrays["ddf"] = result.ddf.movedim(0, -1).numpy().astype(np.float32)
             if "jacobian" in wanted:
-                arrays["jacobian"] = (result.jacobian if result.jacobian is not None else
-                                      jacobian_determinant(result.ddf[None])[0]).numpy().astype(np.float32)
+                arrays["jacobian"] = (
+                    (result.jacobian if result.jacobian is not None else jacobian_determinant(result.ddf[None])[0])
+                    .numpy()
+                    .astype(np.float32)
+                )
             if label is not None:
                 dtype = np.int16 if int(label.max()) <= np.iinfo(np.int16).max else np.int32
                 arrays["warped_label"] = label[0].numpy().astype(dtype)
             # gzip releases the GIL: the NIfTI and transform files are written in parallel
             with ThreadPoolExecutor(max_workers=3) as pool:
-                jobs = [pool.submit(nib.save, nib.Nifti1Image(arr, affine), str(stage / f"{key}.nii.gz"))
-                        for key, arr in arrays.items()]
+                jobs = [
+                    pool.submit(nib.save, nib.Nifti1Image(arr, affine), str(stage / f"{key}.nii.gz"))
+                    for key, arr in arrays.items()
+                ]
                 if "expert_maps" in wanted and result.expert_maps is not None:
                     net_affine = np.asarray(result.network_affine, dtype=np.float64)
                     for d, axis in zip(range(result.expert_maps.shape[0]), "xyz"):
-                        jobs.append(pool.submit(nib.save, nib.Nifti1Image(result.expert_maps[d].numpy(), net_affine),
-                                                str(stage / f"expert_map_{axis}.nii.gz")))
+                        jobs.append(
+                            pool.submit(
+                                nib.save,
+                                nib.Nifti1Image(result.expert_maps[d].numpy(), net_affine),
+                                str(stage / f"expert_map_{axis}.nii.gz"),
+                            )
+                        )
                 if "ddf_itk" in wanted:
                     jobs.append(pool.submit(write_itk_displacement_nifti, result.ddf, affine, stage / "ddf_itk.nii.gz"))
                 if result.ddf.shape[0] == 3:
-                    jobs.append(pool.submit(write_itk_transform, stage / "transform.h5", affine, result.world_affine,
-                                            result.deformable))
+                    jobs.append(
+                        pool.submit(
+                            write_itk_transform, stage / "transform.h5", affine, result.world_affine, result.deformable
+                        )
+                    )
                 if "overview" in wanted:
                     _overview(result, stage / "overview.png")
                 for job in jobs:
@@ -560,8 +629,11 @@ def parse_extras(extras: str | Sequence[str] | None) -> set[str]:
 def _warp_label(label: torch.Tensor, matrix: torch.Tensor, shape, ddf: torch.Tensor | None) -> torch.Tensor:
     """Nearest-neighbour resampling of an integer label map ``(1, *S)`` (exact for any id: done in float64)."""
     raw = label.as_tensor() if hasattr(label, "as_tensor") else label
-    if ddf is None and tuple(raw.shape[1:]) == tuple(shape) and torch.allclose(
-            matrix.double().cpu(), torch.eye(matrix.shape[0], dtype=torch.float64), atol=1e-6):
+    if (
+        ddf is None
+        and tuple(raw.shape[1:]) == tuple(shape)
+        and torch.allclose(matrix.double().cpu(), torch.eye(matrix.shape[0], dtype=torch.float64), atol=1e-6)
+    ):
         return raw.round().long().cpu()  # already on this grid (the usual case for a scan's own label map)
     device = ddf.device if ddf is not None else "cpu"
     out = warp_through(raw[None].double().to(device), matrix.to(device), shape, ddf, mode="nearest")

@@ -6,6 +6,7 @@ from monai_moe_reg.data.datalist import (
     load_pairs,
     validate_pairs,
 )
+from monai_moe_reg.data.demo_dataset import DATALIST_NAME, ensure_datalist, write_demo_dataset
 from monai_moe_reg.data.pair_dataset import (
     CACHE_MODES,
     CachedPairs,
@@ -15,7 +16,6 @@ from monai_moe_reg.data.pair_dataset import (
     subject_transforms,
     training_pairs,
 )
-from monai_moe_reg.data.demo_dataset import DATALIST_NAME, ensure_datalist, write_demo_dataset
 from monai_moe_reg.data.synth import SynthPairs, random_diffeomorphism, random_svf, synth_image, synth_label_map
 from monai_moe_reg.data.synthetic import (
     blob_label_map,

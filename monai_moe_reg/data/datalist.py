@@ -27,6 +27,7 @@ PAIR_KEYS = IMAGE_KEYS + LABEL_KEYS
 def expand_subject_pairs(subjects: Sequence[dict], pairing: str = "all", atlas: dict | None = None) -> list[dict]:
     """Pairs from a subject list: ``"all"`` = every ordered pair (i moving, j fixed, i != j); ``"atlas"`` = the atlas
     as moving image registered to every subject (fixed). Subjects are ``{"image": path, "label": path?}``."""
+
     def pair(moving: dict, fixed: dict) -> dict:
         entry = {"moving_image": moving["image"], "fixed_image": fixed["image"]}
         if "label" in moving and "label" in fixed:
@@ -98,7 +99,9 @@ def load_pairs(
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"datalist '{path}' is not valid JSON ({err.msg} at line {err.lineno}); is it truncated?") from err
+        raise ValueError(
+            f"datalist '{path}' is not valid JSON ({err.msg} at line {err.lineno}); is it truncated?"
+        ) from err
     if not isinstance(data, dict):
         raise ValueError(f"datalist '{path}' must hold a JSON object of sections, got a {type(data).__name__}.")
     if section not in data:

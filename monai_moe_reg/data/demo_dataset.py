@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from monai_moe_reg.data.synthetic import synthetic_pair
 
 __all__ = ["DATALIST_NAME", "ensure_datalist", "write_demo_dataset"]
@@ -79,7 +78,8 @@ def ensure_datalist(dataset_dir: str | os.PathLike, demo: str = "mono", **kwargs
             raise ValueError(
                 f"dataset_dir '{folder}' holds files but no {DATALIST_NAME}: write one for your scans with "
                 f"`monai-moe-reg prepare --layout folder --root {folder} --output {target}` (images/ and labels/ of "
-                "the same names), or give an empty or new folder for the synthetic demo set.")
+                "the same names), or give an empty or new folder for the synthetic demo set."
+            )
         write_demo_dataset(dataset_dir, multimodal=demo == "multimodal", **kwargs)
     if distributed:
         dist.barrier()

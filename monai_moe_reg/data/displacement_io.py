@@ -115,8 +115,12 @@ def write_itk_transform(
         parts.append(("DisplacementFieldTransform_double_3_3", params, fixed))
     text = h5py.string_dtype("ascii")
     with h5py.File(str(path), "w") as fh:
-        for key, value in (("HDFVersion", f"HDF5 library version: {h5py.version.hdf5_version}"),
-                           ("ITKVersion", "5.4.0"), ("OSName", "Linux"), ("OSVersion", "")):
+        for key, value in (
+            ("HDFVersion", f"HDF5 library version: {h5py.version.hdf5_version}"),
+            ("ITKVersion", "5.4.0"),
+            ("OSName", "Linux"),
+            ("OSVersion", ""),
+        ):
             fh.create_dataset(key, data=[value], dtype=text)
         group = fh.create_group("TransformGroup")
         group.create_group("0").create_dataset("TransformType", data=["CompositeTransform_double_3_3"], dtype=text)
@@ -124,8 +128,14 @@ def write_itk_transform(
             g = group.create_group(str(i))
             g.create_dataset("TransformType", data=[name], dtype=text)
             if name.startswith("DisplacementField"):  # float32 + shuffle + fast gzip: the bulk of the file
-                g.create_dataset("TransformParameters", data=np.asarray(params, dtype=np.float32), shuffle=True,
-                                 compression="gzip", compression_opts=1, chunks=(min(len(params), 1 << 20),))
+                g.create_dataset(
+                    "TransformParameters",
+                    data=np.asarray(params, dtype=np.float32),
+                    shuffle=True,
+                    compression="gzip",
+                    compression_opts=1,
+                    chunks=(min(len(params), 1 << 20),),
+                )
             else:
                 g.create_dataset("TransformParameters", data=np.asarray(params, dtype=np.float64))
             g.create_dataset("TransformFixedParameters", data=np.asarray(fixed, dtype=np.float64))

@@ -53,8 +53,10 @@ def _subject_sections(subjects: list[dict], split, default, pairing: str) -> dic
     out = {}
     for name, part in zip(("training", "validation", "testing"), parts):
         if len(part) == 1 and pairing == "all":
-            raise ValueError(f"the {name} section gets 1 subject, and pairs within a section need 2: give it 2 or more "
-                             "(--split train,val,test counts subjects) or 0, or use --pairing atlas.")
+            raise ValueError(
+                f"the {name} section gets 1 subject, and pairs within a section need 2: give it 2 or more "
+                "(--split train,val,test counts subjects) or 0, or use --pairing atlas."
+            )
         if len(part) >= 2 or (pairing == "atlas" and part):
             sec = {"subjects": part, "pairing": pairing}
             if pairing == "atlas":
@@ -91,7 +93,9 @@ def prepare_datalist(
     from monai_moe_reg.data.demo_dataset import DEMO_MARKER
 
     if (root / DEMO_MARKER).is_file():
-        raise ValueError(f"'{root}' holds the synthetic demo set ({DEMO_MARKER}), not scans: point --root at your data.")
+        raise ValueError(
+            f"'{root}' holds the synthetic demo set ({DEMO_MARKER}), not scans: point --root at your data."
+        )
     if layout in ("oasis", "btcv", "folder"):
         img_dir = _require(root / ("images" if layout == "folder" else "imagesTr"), "image")
         lab_dir = root / ("labels" if layout == "folder" else "labelsTr")
@@ -118,7 +122,9 @@ def prepare_datalist(
                 continue
             entry = {"moving_image": str(mr.resolve()), "fixed_image": str(ct.resolve())}
             if (lab_dir / mr.name).is_file() and (lab_dir / ct.name).is_file():
-                entry.update(moving_label=str((lab_dir / mr.name).resolve()), fixed_label=str((lab_dir / ct.name).resolve()))
+                entry.update(
+                    moving_label=str((lab_dir / mr.name).resolve()), fixed_label=str((lab_dir / ct.name).resolve())
+                )
             pairs.append(entry)
         if not pairs:
             raise ValueError(f"no AbdomenMRCT case with both _0000 (MR) and _0001 (CT) images in '{img_dir}'.")
@@ -131,7 +137,10 @@ def prepare_datalist(
             m = re.match(r"(.+)_mr(\..+)$", mr.name)
             if not m or not (vol / f"{m.group(1)}_ct{m.group(2)}").is_file():
                 continue
-            entry = {"moving_image": str(mr.resolve()), "fixed_image": str((vol / f"{m.group(1)}_ct{m.group(2)}").resolve())}
+            entry = {
+                "moving_image": str(mr.resolve()),
+                "fixed_image": str((vol / f"{m.group(1)}_ct{m.group(2)}").resolve()),
+            }
             lab = seg / f"{m.group(1)}{m.group(2)}"
             if lab.is_file():
                 entry.update(moving_label=str(lab.resolve()), fixed_label=str(lab.resolve()))

@@ -18,11 +18,18 @@ from pathlib import Path
 import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, Dataset, PersistentDataset
-
 from monai_moe_reg.data.datalist import _resolve, load_pairs, validate_pairs
 from monai_moe_reg.data.transforms import CheckFinited, intensity_transform
 
-__all__ = ["CachedPairs", "subject_pairs", "subject_transforms", "training_pairs", "pair_sampler", "cached_dataset", "CACHE_MODES"]
+__all__ = [
+    "CachedPairs",
+    "subject_pairs",
+    "subject_transforms",
+    "training_pairs",
+    "pair_sampler",
+    "cached_dataset",
+    "CACHE_MODES",
+]
 
 CACHE_MODES = ("memory", "disk", "none")
 
@@ -63,13 +70,18 @@ class CachedPairs(torch.utils.data.Dataset):
         pairs: ``(moving index, fixed index)`` per item.
     """
 
-    def __init__(self, moving: torch.utils.data.Dataset, fixed: torch.utils.data.Dataset,
-                 pairs: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self, moving: torch.utils.data.Dataset, fixed: torch.utils.data.Dataset, pairs: Sequence[tuple[int, int]]
+    ) -> None:
         if not pairs:
             raise ValueError("CachedPairs needs at least one (moving, fixed) pair.")
         self.moving, self.fixed, self.pairs = moving, fixed, [(int(m), int(f)) for m, f in pairs]
-        self.resample = mt.ResampleToMatchd(["moving_image", "moving_label"], key_dst="fixed_image",
-                                            mode=("bilinear", "nearest"), allow_missing_keys=True)
+        self.resample = mt.ResampleToMatchd(
+            ["moving_image", "moving_label"],
+            key_dst="fixed_image",
+            mode=("bilinear", "nearest"),
+            allow_missing_keys=True,
+        )
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -86,12 +98,15 @@ class CachedPairs(torch.utils.data.Dataset):
             pair.update(moving_label=moving["label"], fixed_label=fixed["label"])
         same_grid = pair["moving_image"].shape == pair["fixed_image"].shape and torch.allclose(
             torch.as_tensor(getattr(pair["moving_image"], "affine", torch.eye(4))).double(),
-            torch.as_tensor(getattr(pair["fixed_image"], "affine", torch.eye(4))).double(), atol=1e-4)
+            torch.as_tensor(getattr(pair["fixed_image"], "affine", torch.eye(4))).double(),
+            atol=1e-4,
+        )
         return pair if same_grid else self.resample(pair)
 
 
-def subject_pairs(subjects: torch.utils.data.Dataset, pairing: str = "all",
-                  atlas: torch.utils.data.Dataset | None = None) -> CachedPairs:
+def subject_pairs(
+    subjects: torch.utils.data.Dataset, pairing: str = "all", atlas: torch.utils.data.Dataset | None = None
+) -> CachedPairs:
     """Pairs of a subject list: ``"all"``: every ordered pair (moving ``i``, fixed ``j``, ``i != j``); ``"atlas"``:
     the atlas (the one item of ``atlas``) as moving, each subject as fixed."""
     n = len(subjects)
@@ -160,9 +175,16 @@ def training_pairs(
         for side, mode in (("moving", moving_intensity), ("fixed", fixed_intensity)):
             keys = [tuple(sorted(_side(e, side).items())) for e in entries]
             index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # distinct images, first-seen order
-            sides[side] = (cached_dataset([dict(key) for key in index], subject_transforms(spatial_size, mode), cache,
-                                          None if cache_dir is None else Path(cache_dir) / side, num_workers),
-                           [index[key] for key in keys])
+            sides[side] = (
+                cached_dataset(
+                    [dict(key) for key in index],
+                    subject_transforms(spatial_size, mode),
+                    cache,
+                    None if cache_dir is None else Path(cache_dir) / side,
+                    num_workers,
+                ),
+                [index[key] for key in keys],
+            )
         return CachedPairs(sides["moving"][0], sides["fixed"][0], list(zip(sides["moving"][1], sides["fixed"][1])))
     if moving_intensity != fixed_intensity:
         raise ValueError(
@@ -172,15 +194,25 @@ def training_pairs(
     subjects = [{k: _resolve(v, path.parent) for k, v in s.items()} for s in sec.get("subjects", [])]
     if not subjects:
         raise ValueError(f"section '{section}' of datalist '{path}' has no subjects: add them.")
-    validate_pairs([{"moving_image": s["image"], "fixed_image": s["image"],
-                     **({"moving_label": s["label"], "fixed_label": s["label"]} if "label" in s else {})}
-                    for s in subjects], section)
+    validate_pairs(
+        [
+            {
+                "moving_image": s["image"],
+                "fixed_image": s["image"],
+                **({"moving_label": s["label"], "fixed_label": s["label"]} if "label" in s else {}),
+            }
+            for s in subjects
+        ],
+        section,
+    )
     transform = subject_transforms(spatial_size, moving_intensity)
     pairing = sec.get("pairing", "all")
     atlas = None
     if pairing == "atlas":
         if "atlas" not in sec or "image" not in sec["atlas"]:
-            raise ValueError(f"section '{section}' of '{path}' uses 'atlas' pairing but has no 'atlas' with an 'image'.")
+            raise ValueError(
+                f"section '{section}' of '{path}' uses 'atlas' pairing but has no 'atlas' with an 'image'."
+            )
         atlas_item = {k: _resolve(v, path.parent) for k, v in sec["atlas"].items()}
         atlas = cached_dataset([atlas_item], transform, "memory" if cache != "none" else "none")
     return subject_pairs(cached_dataset(subjects, transform, cache, cache_dir, num_workers), pairing, atlas)

@@ -20,8 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
-    "atomic_save", "atomic_write_text", "staged_folder", "publish", "check_replaceable", "foreign_files",
-    "process_alive", "MARKER",
+    "atomic_save",
+    "atomic_write_text",
+    "staged_folder",
+    "publish",
+    "check_replaceable",
+    "foreign_files",
+    "process_alive",
+    "MARKER",
 ]
 
 MARKER = ".monai-moe-reg.json"
@@ -130,8 +136,9 @@ def _recover(parent: Path) -> None:
 
 
 def _temp(final: Path, suffix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{final.name[:_NAME_BUDGET]}.{os.getpid()}.", suffix=f".{suffix}",
-                                 dir=final.parent))
+    return Path(
+        tempfile.mkdtemp(prefix=f".{final.name[:_NAME_BUDGET]}.{os.getpid()}.", suffix=f".{suffix}", dir=final.parent)
+    )
 
 
 def check_replaceable(final: Path, replace: Callable[[Path], list[str]] | None = foreign_files) -> None:
@@ -141,8 +148,10 @@ def check_replaceable(final: Path, replace: Callable[[Path], list[str]] | None =
         lost = replace(final) if replace is not None else _files_in(final)
         if lost:
             shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
-            raise FileExistsError(f"'{final}' exists and holds files this program did not write ({shown}): nothing "
-                                  "was replaced; choose another output folder or move those files away.")
+            raise FileExistsError(
+                f"'{final}' exists and holds files this program did not write ({shown}): nothing "
+                "was replaced; choose another output folder or move those files away."
+            )
 
 
 def publish(stage: Path, final: Path, replace: Callable[[Path], list[str]] | None = foreign_files) -> None:
@@ -161,8 +170,9 @@ def publish(stage: Path, final: Path, replace: Callable[[Path], list[str]] | Non
 
 
 @contextmanager
-def staged_folder(final: str | os.PathLike, replace: Callable[[Path], list[str]] | None = foreign_files,
-                  marker: bool = True) -> Iterator[Path]:
+def staged_folder(
+    final: str | os.PathLike, replace: Callable[[Path], list[str]] | None = foreign_files, marker: bool = True
+) -> Iterator[Path]:
     """``with staged_folder(out / name) as stage: ...write into stage...`` publishes ``stage`` as ``final`` when the
     block completes (see :func:`publish`; the folder gets the usual permissions, not ``mkdtemp``'s 0700) and removes
     it when the block raises. ``marker``: write :data:`MARKER` listing the files, so a later run may replace them."""

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import DVF2DDF, Warp
 from monai.networks.layers import GaussianFilter
-from torch.utils.data import Dataset
-
 from monai_moe_reg.data.synthetic import smooth_noise
+from torch.utils.data import Dataset
 
 __all__ = ["SynthPairs", "random_diffeomorphism", "random_svf", "synth_image", "synth_label_map"]
 

@@ -42,7 +42,9 @@ def blob_label_map(shape: Sequence[int], num_labels: int = 5, seed: int = 0) -> 
     return labels.unsqueeze(0).long()
 
 
-def smooth_noise(shape: Sequence[int], channels: int, control: int, draw: Callable[[tuple], torch.Tensor]) -> torch.Tensor:
+def smooth_noise(
+    shape: Sequence[int], channels: int, control: int, draw: Callable[[tuple], torch.Tensor]
+) -> torch.Tensor:
     """``(1, channels, *shape)`` smooth random fields: standard normal noise ``draw(size)`` on a ``control``-point
     grid per axis (at least 2), upsampled linearly. ``draw`` is the caller's seeded generator (NumPy here,
     ``torch.Generator`` in :mod:`~monai_moe_reg.data.synth`)."""

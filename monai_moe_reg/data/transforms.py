@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from monai import transforms as mt
 from monai.config import KeysCollection
-
 from monai_moe_reg.data.datalist import IMAGE_KEYS, LABEL_KEYS, PAIR_KEYS
 
 __all__ = ["INTENSITY_MODES", "CheckFinited", "intensity_transform", "pair_transforms"]
@@ -59,7 +58,8 @@ def pair_transforms(
     resample_moving_to_fixed: bool = True,
     pixdim: Sequence[float] | None = None,
 ) -> mt.Compose:
-    """Load a pair, put channels first, refuse NaN/Inf images (naming the file), orient it, optionally resample the fixed image (and label) to ``pixdim`` mm,
+    """Load a pair, put channels first, refuse NaN/Inf images (naming the file), orient it, optionally resample the
+    fixed image (and label) to ``pixdim`` mm,
     resample the moving image (and label, nearest) onto the fixed grid, scale intensities, and optionally resize
     everything to ``spatial_size`` (the network's training size; labels nearest). Label keys are optional.
 

@@ -9,7 +9,6 @@ from monai_moe_reg.engines.checkpoints import (
     atomic_save,
 )
 from monai_moe_reg.engines.evaluator import RegistrationEvaluator
-from monai_moe_reg.engines.interrupt import InterruptHandler
 from monai_moe_reg.engines.handlers import (
     PairMetric,
     PairMetricsSaver,
@@ -19,6 +18,7 @@ from monai_moe_reg.engines.handlers import (
     pair_name,
     pair_names,
 )
+from monai_moe_reg.engines.interrupt import InterruptHandler
 from monai_moe_reg.engines.pipeline import RegistrationPipelineEvaluator
 from monai_moe_reg.engines.settings import check_device, check_training_settings
 from monai_moe_reg.engines.trainer import RegistrationTrainer

@@ -18,7 +18,6 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
-
 from monai_moe_reg.data.staging import atomic_save
 
 __all__ = ["atomic_save", "SafeDiskSaver", "ResumableCheckpointSaver", "BestModelSaver", "RNGState", "WeightsLoader"]
@@ -152,8 +151,12 @@ class BestModelSaver:
         target = self.path.with_name(f"{self.path.stem}.previous-{n}{self.path.suffix}")
         self.sidecar.replace(target.with_name(target.name + ".json"))
         self.path.replace(target)
-        logger.warning("%s is of another network (%s): moved to %s; this run saves its own", self.path.name,
-                       "; ".join(why), target.name)
+        logger.warning(
+            "%s is of another network (%s): moved to %s; this run saves its own",
+            self.path.name,
+            "; ".join(why),
+            target.name,
+        )
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -164,13 +167,21 @@ class BestModelSaver:
         name = getattr(engine.state, "key_metric_name", None)
         value = engine.state.metrics.get(name) if name else None
         if value is None or not math.isfinite(float(value)):
-            logger.warning("validation %s is %s: %s not updated (do the validation pairs have labels?)", name, value,
-                           self.path.name)
+            logger.warning(
+                "validation %s is %s: %s not updated (do the validation pairs have labels?)",
+                name,
+                value,
+                self.path.name,
+            )
             return
         value = float(value)
         if int(engine.state.epoch) < 1:  # validation before any training: a reference, never a model to keep
-            logger.info("%s %.4f before training (the weights it starts from); %s is written from trained epochs only",
-                        name, value, self.path.name)
+            logger.info(
+                "%s %.4f before training (the weights it starts from); %s is written from trained epochs only",
+                name,
+                value,
+                self.path.name,
+            )
             return
         dist = torch.distributed
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -180,9 +191,11 @@ class BestModelSaver:
 
         module = getattr(self.network, "module", self.network)
         atomic_save(module.state_dict(), self.path)
-        atomic_save({"metric": name, "value": value, "epoch": int(engine.state.epoch),
-                     "network": network_config(module)}, self.sidecar,
-                    writer=lambda obj, fh: fh.write(json.dumps(obj).encode()))
+        atomic_save(
+            {"metric": name, "value": value, "epoch": int(engine.state.epoch), "network": network_config(module)},
+            self.sidecar,
+            writer=lambda obj, fh: fh.write(json.dumps(obj).encode()),
+        )
         self.best = value
         logger.info("new best %s %.4f at epoch %d: saved %s", name, value, engine.state.epoch, self.path)
 
@@ -206,7 +219,7 @@ class WeightsLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from monai_moe_reg.weights import load_network_weights
         from monai_moe_reg.engines.utils import unwrap
+        from monai_moe_reg.weights import load_network_weights
 
         load_network_weights(unwrap(self.network), self.load_path)

@@ -8,7 +8,6 @@ import torch
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
-
 from monai_moe_reg.engines.utils import autocast, image_spacing, pair_to_device, predict_ddf, warp_pair
 from monai_moe_reg.metrics.registration import registration_metrics
 
@@ -68,7 +67,8 @@ class RegistrationEvaluator(SupervisedEvaluator):
             if has_labels:
                 out["fixed_label"] = fixed_label
             if engine.compute_metrics:
-                out["metrics"] = registration_metrics(ddf, out.get("warped_label"), fixed_label, image_spacing(fixed),
-                                                      self.eval_labels)
+                out["metrics"] = registration_metrics(
+                    ddf, out.get("warped_label"), fixed_label, image_spacing(fixed), self.eval_labels
+                )
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

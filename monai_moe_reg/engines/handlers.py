@@ -15,12 +15,17 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
-
 from monai_moe_reg.data.staging import atomic_write_text
 from monai_moe_reg.metrics.registration import METRIC_NAMES, summarize_metrics
 
 __all__ = [
-    "PairMetric", "PairMetricsSaver", "RegistrationWriter", "loss_terms", "metric_table", "pair_name", "pair_names",
+    "PairMetric",
+    "PairMetricsSaver",
+    "RegistrationWriter",
+    "loss_terms",
+    "metric_table",
+    "pair_name",
+    "pair_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -183,8 +188,10 @@ class RegistrationWriter:
 
         out = engine.state.output
         if not isinstance(out, dict) or "results" not in out:
-            raise TypeError("RegistrationWriter writes the output of RegistrationPipelineEvaluator (results and "
-                            "names per iteration).")
+            raise TypeError(
+                "RegistrationWriter writes the output of RegistrationPipelineEvaluator (results and "
+                "names per iteration)."
+            )
         for name, result in zip(out["names"], out["results"]):
             Registrar.write(result, self.output_dir / self._unique(name), extras=self.extras)
 
@@ -201,6 +208,10 @@ def loss_terms(output) -> dict[str, float]:
     """The trainer output's ``loss`` and every loss term as floats, for ``StatsHandler`` /
     ``TensorBoardStatsHandler`` (``output_transform``): each is logged per iteration under its own name."""
     out = output[0] if isinstance(output, (list, tuple)) else output
-    return {k: float(torch.as_tensor(v).detach().float().mean()) for k, v in out.items()
-            if k not in ("image", "pred", "label") and isinstance(v, (float, int, torch.Tensor)) and
-            torch.as_tensor(v).numel() == 1}
+    return {
+        k: float(torch.as_tensor(v).detach().float().mean())
+        for k, v in out.items()
+        if k not in ("image", "pred", "label")
+        and isinstance(v, (float, int, torch.Tensor))
+        and torch.as_tensor(v).numel() == 1
+    }

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 from monai.engines import Evaluator
 from monai.engines.utils import IterationEvents
-
 from monai_moe_reg.apps.affine import AFFINE_MODES
 from monai_moe_reg.engines.handlers import pair_name
 
@@ -51,12 +50,27 @@ class RegistrationPipelineEvaluator(Evaluator):
         val_handlers: Ignite handlers (writer, metric saver, ...).
     """
 
-    def __init__(self, device, val_data_loader, registrar, affine: str = "on", instance_opt: bool = True,
-                 val_handlers: Sequence | None = None, epoch_length: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        device,
+        val_data_loader,
+        registrar,
+        affine: str = "on",
+        instance_opt: bool = True,
+        val_handlers: Sequence | None = None,
+        epoch_length: int | None = None,
+        **kwargs,
+    ) -> None:
         if affine not in AFFINE_MODES:
             raise ValueError(f"affine must be one of {AFFINE_MODES}, got {affine!r}.")
-        super().__init__(device=device, val_data_loader=val_data_loader, epoch_length=epoch_length,
-                         val_handlers=val_handlers, decollate=False, **kwargs)
+        super().__init__(
+            device=device,
+            val_data_loader=val_data_loader,
+            epoch_length=epoch_length,
+            val_handlers=val_handlers,
+            decollate=False,
+            **kwargs,
+        )
         self.registrar, self.affine, self.instance_opt = registrar, affine, bool(instance_opt)
         self.network = registrar.network  # what the workflow's handlers (e.g. a weights loader) would look for
         self.failed: list[str] = []
@@ -74,8 +88,13 @@ class RegistrationPipelineEvaluator(Evaluator):
             self.seen += 1
             labels = [pair.get(k) or None for k in ("fixed_label", "moving_label")]
             try:
-                result = self.registrar(pair["fixed_image"], pair["moving_image"], *labels, affine=self.affine,
-                                        instance_opt=self.instance_opt)
+                result = self.registrar(
+                    pair["fixed_image"],
+                    pair["moving_image"],
+                    *labels,
+                    affine=self.affine,
+                    instance_opt=self.instance_opt,
+                )
             except (ValueError, OSError, RuntimeError) as err:  # one bad pair never discards the finished ones
                 reason = str(err).splitlines()[0] if str(err) else type(err).__name__
                 self.failed.append(f"{name}: {reason}")
@@ -88,8 +107,14 @@ class RegistrationPipelineEvaluator(Evaluator):
             names.append(name)
             rows.append(row)
             dice = m.get("dice", math.nan)
-            logger.info("[%d/%s] %s: %s%.1f s", engine.state.iteration, engine.state.epoch_length or "?", name,
-                        f"dice {dice:.4f}, " if not math.isnan(dice) else "", row["seconds"])
+            logger.info(
+                "[%d/%s] %s: %s%.1f s",
+                engine.state.iteration,
+                engine.state.epoch_length or "?",
+                name,
+                f"dice {dice:.4f}, " if not math.isnan(dice) else "",
+                row["seconds"],
+            )
         engine.state.output = {"results": results, "names": names, "metrics": rows}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
@@ -99,5 +124,7 @@ class RegistrationPipelineEvaluator(Evaluator):
         self.failed, self.seen = [], 0
         super().run(global_epoch)
         if self.failed:
-            raise ValueError(f"{len(self.failed)} of {self.seen} pairs failed (the {self.seen - len(self.failed)} "
-                             f"finished ones were written); first: {self.failed[0]}")
+            raise ValueError(
+                f"{len(self.failed)} of {self.seen} pairs failed (the {self.seen - len(self.failed)} "
+                f"finished ones were written); first: {self.failed[0]}"
+            )

@@ -38,7 +38,8 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
     files = checkpoints_newest_first(ckpt_dir)
     if not files:
         logging.getLogger(__name__).warning(
-            "resume=True but no checkpoint*.pt in '%s' yet: starting a new run from epoch 1.", ckpt_dir)
+            "resume=True but no checkpoint*.pt in '%s' yet: starting a new run from epoch 1.", ckpt_dir
+        )
         return None
     import pickle
 
@@ -49,9 +50,10 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
             with torch.serialization.safe_globals(rng_safe_globals()):
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            raise ValueError(f"checkpoint '{path}' holds Python objects other than tensors and numbers, so it was not "
-                             "loaded (unpickling it could run code); delete it unless you trust where it came from."
-                             ) from err
+            raise ValueError(
+                f"checkpoint '{path}' holds Python objects other than tensors and numbers, so it was not "
+                "loaded (unpickling it could run code); delete it unless you trust where it came from."
+            ) from err
         except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
             logging.getLogger(__name__).warning("skipping unreadable checkpoint %s (%s)", path, type(err).__name__)
             continue
@@ -61,13 +63,17 @@ def resume_from_latest(trainer: Engine, ckpt_dir: str | os.PathLike, load_dict: 
         try:
             Checkpoint.load_objects(to_load=load_dict, checkpoint=state)
         except (RuntimeError, KeyError, ValueError) as err:
-            raise ValueError(f"checkpoint '{path}' does not fit this run's {', '.join(load_dict)} (was it written by "
-                             "another network_def or optimizer?): resume with the config that wrote it, or train "
-                             f"into another --ckpt_dir. ({str(err).splitlines()[0][:200]})") from err
+            raise ValueError(
+                f"checkpoint '{path}' does not fit this run's {', '.join(load_dict)} (was it written by "
+                "another network_def or optimizer?): resume with the config that wrote it, or train "
+                f"into another --ckpt_dir. ({str(err).splitlines()[0][:200]})"
+            ) from err
         if max_epochs is not None:
             if trainer.state.epoch > max_epochs:
-                raise ValueError(f"checkpoint '{path}' is at epoch {trainer.state.epoch}, beyond max_epochs "
-                                 f"{max_epochs}: raise --max_epochs to continue training.")
+                raise ValueError(
+                    f"checkpoint '{path}' is at epoch {trainer.state.epoch}, beyond max_epochs "
+                    f"{max_epochs}: raise --max_epochs to continue training."
+                )
             trainer.state.max_epochs = max_epochs
         return str(path)
     raise ValueError(f"no readable checkpoint in '{ckpt_dir}' ({len(files)} unreadable); remove them and train again.")
@@ -78,7 +84,6 @@ def _restore_rng_at_first_epoch(trainer: Engine, rng_state: dict) -> None:
     where an uninterrupted run stood when the checkpoint was written, so the data order and every random draw
     continue identically."""
     from ignite.engine import Events
-
     from monai_moe_reg.engines.checkpoints import RNGState
 
     def restore(engine: Engine) -> None:

@@ -24,8 +24,10 @@ def check_device(device) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: CUDA is not available on this machine; use --device cpu.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}.")
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}."
+            )
     elif dev.type not in ("cpu", "mps"):
         raise ValueError(f"device {device!r} is not supported here: use cpu, cuda or cuda:N.")
     return dev
@@ -39,8 +41,14 @@ def _positive_int(name: str, value, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a whole number of at least 1{extra}, got {value!r}.")
 
 
-def check_training_settings(max_epochs, val_interval, epoch_length=None, cache: str = "memory",
-                            cache_dir: str | os.PathLike | None = None, device=None) -> None:
+def check_training_settings(
+    max_epochs,
+    val_interval,
+    epoch_length=None,
+    cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
+    device=None,
+) -> None:
     """The training overrides a user is likely to get wrong, checked together at the start of ``train.json``:
     ``max_epochs``, ``val_interval`` (>= 1), ``epoch_length`` (>= 1 or null), ``cache`` (with ``"disk"``: a
     ``cache_dir`` that can be created and written) and ``device``."""
@@ -54,10 +62,14 @@ def check_training_settings(max_epochs, val_interval, epoch_length=None, cache: 
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ValueError(f"cache 'disk': cannot create cache_dir '{folder}' ({err.strerror}); pass --cache_dir "
-                             "<a writable folder> or --cache memory.") from err
+            raise ValueError(
+                f"cache 'disk': cannot create cache_dir '{folder}' ({err.strerror}); pass --cache_dir "
+                "<a writable folder> or --cache memory."
+            ) from err
         if not os.access(folder, os.W_OK):
-            raise ValueError(f"cache 'disk': cache_dir '{folder}' is not writable; pass --cache_dir <a writable "
-                             "folder> or --cache memory.")
+            raise ValueError(
+                f"cache 'disk': cache_dir '{folder}' is not writable; pass --cache_dir <a writable "
+                "folder> or --cache memory."
+            )
     if device is not None:
         check_device(device)

@@ -6,7 +6,6 @@ import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
-
 from monai_moe_reg.engines.utils import autocast, has_aux, pair_to_device
 
 __all__ = ["RegistrationTrainer"]

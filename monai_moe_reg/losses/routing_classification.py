@@ -46,7 +46,8 @@ def routing_targets(
     without it, a motion along one axis leaves a residual that the experts of the other axes "explain" too, and
     those get a non-zero expert where nothing moves along them (on the +1 voxel shift of
     ``tests/test_losses.py`` the two other axes got the zero expert 54-60 % of the time, 96-98 % with the joint
-    choice). Why this is defensible: it asks the router for exactly the per-direction decision the SHMoE makes, it is measured with the training similarity's own quantity (squared
+    choice). Why this is defensible: it asks the router for exactly the per-direction decision the SHMoE makes, it is
+    measured with the training similarity's own quantity (squared
     intensity error, the MSE the paper uses), it is local (a ``window``-voxel box average, like the experts'
     receptive fields), and it costs one image gradient and a few multiplications per expert — no extra warps and no
     backward pass. Voxels where all experts are within ``tie_tolerance`` (relative) of each other — e.g. flat image
@@ -105,9 +106,9 @@ class RoutingClassificationLoss(nn.Module):
 
     ``forward(records, moving, fixed)`` takes the SHMoE records of a forward (``aux["moe"]`` of
     ``net(x, return_aux=True)``) and the network's moving and fixed images at input resolution. For each SHMoE
-    level the images are zero-padded as the network padded them, average-pooled to the level, the moving one warped by the level's prior flow, and the BCE
-    averaged over experts and valid voxels. Targets carry no gradient; only the routers learn from this loss.
-    The paper weights it ``lambda_rc = 0.001``.
+    level the images are zero-padded as the network padded them, average-pooled to the level, the moving one warped
+    by the level's prior flow, and the BCE averaged over experts and valid voxels. Targets carry no gradient; only
+    the routers learn from this loss. The paper weights it ``lambda_rc = 0.001``.
 
     Args:
         window: local window of :func:`routing_targets`.

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
-from torch import nn
-
 from monai_moe_reg.losses.gradient import make_regulariser
 from monai_moe_reg.losses.label_dice import WarpedLabelDice
 from monai_moe_reg.losses.routing_classification import RoutingClassificationLoss
+from torch import nn
 
 __all__ = ["SHMoARegLoss", "make_similarity"]
 
@@ -35,7 +34,8 @@ class SHMoARegLoss(nn.Module):
     squared, averaged over voxels and axes, VoxelMorph's ``Grad('l2')``; ``regulariser="diffusion"`` selects MONAI's
     ``DiffusionLoss``, about 3x larger for the same lambda and blind to checkerboards), ``L_rc``
     the :class:`RoutingClassificationLoss`, and ``L_bal``/``L_z`` the MoA load-balance and router z-losses; the last
-    three come from the network's auxiliary outputs (``ddf, aux = net(x, return_aux=True)``). Paper weights: ``lambda_reg`` 0.01 (brain MR) / 0.1 (abdominal CT),
+    three come from the network's auxiliary outputs (``ddf, aux = net(x, return_aux=True)``). Paper weights:
+    ``lambda_reg`` 0.01 (brain MR) / 0.1 (abdominal CT),
     ``lambda_rc`` 0.001. The paper gives no MoA weights; the MoA reference uses 0.01 and 0.001 next to a language
     model's cross-entropy (about 2-5), but registration's MSE on [0, 1] images is about 0.001-0.01, so those
     weights let the auxiliary terms outweigh the image term about fivefold and the encoder mostly learned to shrink
@@ -90,8 +90,15 @@ class SHMoARegLoss(nn.Module):
         self.warp = Warp(mode="bilinear", padding_mode="border")
         self.weights = {"reg": lambda_reg, "rc": lambda_rc, "balance": lambda_balance, "z": lambda_z}
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor, aux: dict | None,
-                moving_label: torch.Tensor | None = None, fixed_label: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        ddf: torch.Tensor,
+        aux: dict | None,
+        moving_label: torch.Tensor | None = None,
+        fixed_label: torch.Tensor | None = None,
+    ) -> dict:
         warped = self.warp(moving, ddf)
         terms = {"sim": self.similarity(warped, fixed), "reg": self.regulariser(ddf)}
         aux = aux or {}

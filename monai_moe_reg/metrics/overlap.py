@@ -141,8 +141,7 @@ def surface_distances_mm(
                     if (bp is None) != (bt is None):
                         hd[b, c] = assd[b, c] = float("inf")
                     continue
-                crop = tuple(slice(max(min(x.start, y.start) - 2, 0), max(x.stop, y.stop) + 2)
-                             for x, y in zip(bp, bt))
+                crop = tuple(slice(max(min(x.start, y.start) - 2, 0), max(x.stop, y.stop) + 2) for x, y in zip(bp, bt))
                 pm, tm = np.pad(pa[crop] == v, 1), np.pad(ta[crop] == v, 1)  # a margin: masks at the box edge erode
                 pe = pm ^ binary_erosion(pm, struct)
                 te = tm ^ binary_erosion(tm, struct)

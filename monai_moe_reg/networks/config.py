@@ -19,8 +19,9 @@ from torch import nn
 __all__ = ["record_config", "network_config", "config_mismatch", "RUNTIME_SETTINGS"]
 
 # settings that change how a network runs or where its parts come from, not what its weights mean
-RUNTIME_SETTINGS = frozenset({"check_values", "use_checkpoint", "drop_path_rate", "flow_init_std", "llm", "llm_dtype",
-                              "export_size"})
+RUNTIME_SETTINGS = frozenset(
+    {"check_values", "use_checkpoint", "drop_path_rate", "flow_init_std", "llm", "llm_dtype", "export_size"}
+)
 
 
 def _jsonable(value):
@@ -65,8 +66,10 @@ def record_config(cls: type[nn.Module]) -> type[nn.Module]:
 def network_config(network: nn.Module) -> dict:
     """``{"class": "<module>.<name>", "config": {...}}`` of a network (``config`` empty when not recorded)."""
     module = getattr(network, "module", network)  # DDP
-    return {"class": f"{type(module).__module__}.{type(module).__qualname__}",
-            "config": dict(getattr(module, "_init_config", {}))}
+    return {
+        "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "config": dict(getattr(module, "_init_config", {})),
+    }
 
 
 def config_mismatch(saved: dict | None, network: nn.Module) -> list[str]:

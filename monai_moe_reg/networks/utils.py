@@ -8,7 +8,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_pair_input", "check_pair_output", "prepare_pair_input", "encode_pair", "pad_to_multiple", "crop_spatial"]
+__all__ = [
+    "check_pair_input",
+    "check_pair_output",
+    "prepare_pair_input",
+    "encode_pair",
+    "pad_to_multiple",
+    "crop_spatial",
+]
 
 
 def check_pair_input(
@@ -38,7 +45,9 @@ def check_pair_input(
             f"got {x.shape[1]} channels in shape {tuple(x.shape)}."
         )
     if x.shape[0] == 0 or any(s == 0 for s in x.shape[2:]):
-        raise ValueError(f"{name} got an empty input of shape {tuple(x.shape)}; it needs at least one pair and one voxel.")
+        raise ValueError(
+            f"{name} got an empty input of shape {tuple(x.shape)}; it needs at least one pair and one voxel."
+        )
     if not x.is_floating_point():
         raise ValueError(f"{name} expects a floating-point tensor, got dtype {x.dtype}; call .float() first.")
     if check_values and not bool(torch.isfinite(x).all()):

@@ -38,7 +38,9 @@ class DecoderAdapter(nn.Module):
     def __init__(self, spatial_dims: int, in_features: int, out_tokens: int, upscale: int) -> None:
         super().__init__()
         if out_tokens % upscale**spatial_dims:
-            raise ValueError(f"out_tokens {out_tokens} must be divisible by upscale**spatial_dims = {upscale**spatial_dims}.")
+            raise ValueError(
+                f"out_tokens {out_tokens} must be divisible by upscale**spatial_dims = {upscale**spatial_dims}."
+            )
         self.spatial_dims = spatial_dims
         self.upscale = upscale
         self.out_channels = out_tokens // upscale**spatial_dims

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
-from torch import nn
-
 from monai_moe_reg.networks.blocks.pyramid_cnn_encoder import PyramidCNNEncoder
+from torch import nn
 
 __all__ = ["DualPyramidEncoder"]
 
@@ -24,7 +23,8 @@ class DualPyramidEncoder(nn.Module):
     stages S4 .. S1.
 
     The bottom-up pathway is a :class:`PyramidCNNEncoder` (level 0: two 3x3 convolutions at full resolution; each
-    further level a stride-2 convolution and a 3x3 convolution). Top-down: the coarsest output is the coarsest bottom-up feature; every finer output is a 3x3
+    further level a stride-2 convolution and a 3x3 convolution). Top-down: the coarsest output is the coarsest
+    bottom-up feature; every finer output is a 3x3
     convolution of ``[bottom-up feature of that level, upsampled (linear) coarser output]``.
 
     Args:

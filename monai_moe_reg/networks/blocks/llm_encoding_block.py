@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 from monai.networks.blocks import TransformerBlock
-from torch import nn
-
 from monai_moe_reg.networks.blocks.token_adapter import TokenAdapter
+from torch import nn
 
 __all__ = ["LLMEncodingBlock", "ViTEncodingBlock", "LORA_TARGETS"]
 

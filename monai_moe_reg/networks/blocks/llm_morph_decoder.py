@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, Warp
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_pool_layer
-from torch import nn
-
 from monai_moe_reg.networks.blocks.flow import ResidualFlowComposer, upsample_ddf
 from monai_moe_reg.networks.blocks.pyramid_decoder import conv_concatenated
+from torch import nn
 
 __all__ = ["LLMMorphDecoder"]
 

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from monai_moe_reg.networks.blocks.window_attention import SwinWindowAttention
+from torch import nn
 
 __all__ = ["MoAWindowAttention"]
 
@@ -117,26 +116,39 @@ class MoAWindowAttention(SwinWindowAttention):
             q = torch.einsum("bnke,bneh->bknh", pick, q)  # the selected queries of every token
             rows = torch.einsum("bnke,enm->bknm", pick.to(bias.dtype), bias)  # their experts' bias rows
             attn_bias = self.attention_bias(rows, mask, b)
-            heads = F.scaled_dot_product_attention(q, key.expand(b, k, n, hd), value.expand(b, k, n, hd),
-                                                   attn_mask=attn_bias.to(q.dtype), dropout_p=drop, scale=self.scale)
+            heads = F.scaled_dot_product_attention(
+                q,
+                key.expand(b, k, n, hd),
+                value.expand(b, k, n, hd),
+                attn_mask=attn_bias.to(q.dtype),
+                dropout_p=drop,
+                scale=self.scale,
+            )
             heads = heads * top_p.transpose(1, 2).unsqueeze(-1).to(heads.dtype)  # (b, k, n, hd)
             heads = torch.einsum("bnke,bknh->bneh", pick.to(heads.dtype), heads)  # back to the expert layout
         else:
             gates = torch.zeros_like(probs).scatter(-1, top_i, top_p)
             attn_bias = self.attention_bias(bias, mask, b)
-            heads = F.scaled_dot_product_attention(q.transpose(1, 2), key.expand(b, e, n, hd),
-                                                   value.expand(b, e, n, hd), attn_mask=attn_bias.to(q.dtype),
-                                                   dropout_p=drop, scale=self.scale)
+            heads = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                key.expand(b, e, n, hd),
+                value.expand(b, e, n, hd),
+                attn_mask=attn_bias.to(q.dtype),
+                dropout_p=drop,
+                scale=self.scale,
+            )
             heads = heads.transpose(1, 2) * gates.unsqueeze(-1).to(heads.dtype)  # zero where unselected
         out = self.proj_drop(self.o_proj(heads.reshape(b, n, e * hd)))
         if self._aux_sink is not None:
             flat_probs = probs.reshape(-1, e)
             fraction = torch.zeros_like(flat_probs).scatter(-1, top_i.reshape(-1, k), 1.0).mean(0) / k
-            self._aux_sink.append({
-                "gates": torch.zeros_like(probs).scatter(-1, top_i, top_p).detach(),
-                "balance": e * (fraction * flat_probs.mean(0)).sum(),
-                "z": torch.logsumexp(logits.float(), dim=-1).pow(2).mean(),
-            })
+            self._aux_sink.append(
+                {
+                    "gates": torch.zeros_like(probs).scatter(-1, top_i, top_p).detach(),
+                    "balance": e * (fraction * flat_probs.mean(0)).sum(),
+                    "z": torch.logsumexp(logits.float(), dim=-1).pow(2).mean(),
+                }
+            )
         return out
 
     def extra_repr(self) -> str:

@@ -6,10 +6,9 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.nets.swin_unetr import BasicLayer, get_window_size
-from torch import nn
-
 from monai_moe_reg.networks.blocks.moa_attention import MoAWindowAttention
 from monai_moe_reg.networks.blocks.window_attention import SwinWindowAttention
+from torch import nn
 
 __all__ = ["MoASwinStage"]
 
@@ -92,7 +91,11 @@ class MoASwinStage(BasicLayer):
                 )
             else:
                 blk.attn = SwinWindowAttention(
-                    dim, num_heads=num_heads, window_size=tuple(window_size), qkv_bias=qkv_bias, attn_drop=attn_drop,
+                    dim,
+                    num_heads=num_heads,
+                    window_size=tuple(window_size),
+                    qkv_bias=qkv_bias,
+                    attn_drop=attn_drop,
                     proj_drop=drop,
                 )
 

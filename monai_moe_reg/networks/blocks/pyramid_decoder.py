@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, Warp
 from monai.networks.layers.factories import Conv
-from torch import nn
-
 from monai_moe_reg.networks.blocks.flow import ResidualFlowComposer, upsample_ddf
 from monai_moe_reg.networks.blocks.shmoe import SHMoE
+from torch import nn
 
 __all__ = ["PyramidDecoder", "conv_concatenated"]
 
@@ -110,7 +109,7 @@ class PyramidDecoder(nn.Module):
             raise ValueError(f"moe_levels must index the {n} levels (0 = full resolution), got {tuple(moe_levels)}.")
         self.spatial_dims = spatial_dims
         self.num_levels = n
-        self.moe_levels = tuple(sorted(set(int(lv) for lv in moe_levels)))
+        self.moe_levels = tuple(sorted({int(lv) for lv in moe_levels}))
         self.blocks = nn.ModuleList()
         self.heads = nn.ModuleList()
         conv = Conv[Conv.CONV, spatial_dims]
@@ -120,8 +119,13 @@ class PyramidDecoder(nn.Module):
             in_ch = fixed_channels[lv] + moving_channels[lv] + up + extra_channels[lv]
             self.blocks.append(Convolution(spatial_dims, in_ch, channels[lv], act=act, norm=norm))
             if lv in self.moe_levels:
-                head = SHMoE(spatial_dims, channels[lv], kernel_sizes=moe_kernel_sizes, gate_mode=moe_gate_mode,
-                             init_std=head_init_std)
+                head = SHMoE(
+                    spatial_dims,
+                    channels[lv],
+                    kernel_sizes=moe_kernel_sizes,
+                    gate_mode=moe_gate_mode,
+                    init_std=head_init_std,
+                )
             else:
                 head = conv(channels[lv], spatial_dims, 3, padding=1)
                 nn.init.normal_(head.weight, 0.0, head_init_std)

@@ -11,9 +11,8 @@ from monai.networks.blocks.patchembedding import PatchEmbed
 from monai.networks.layers.utils import get_pool_layer
 from monai.networks.nets.swin_unetr import PatchMerging
 from monai.utils import ensure_tuple_rep
-from torch import nn
-
 from monai_moe_reg.networks.blocks.moa_swin import MoASwinStage
+from torch import nn
 
 __all__ = ["SwinRegEncoder"]
 
@@ -73,7 +72,9 @@ class SwinRegEncoder(nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if patch_size != 4:
-            raise ValueError(f"patch_size must be 4 (conv features fill 1 and 1/2, Swin starts at 1/4); got {patch_size}.")
+            raise ValueError(
+                f"patch_size must be 4 (conv features fill 1 and 1/2, Swin starts at 1/4); got {patch_size}."
+            )
         if len(depths) != len(num_heads) or len(depths) < 1:
             raise ValueError(f"depths and num_heads need the same non-zero length, got {depths} and {num_heads}.")
         if len(conv_channels) != 2:

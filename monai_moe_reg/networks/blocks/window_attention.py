@@ -88,8 +88,11 @@ class SwinWindowAttention(WindowAttention):
         nw, n = mask.shape[0], mask.shape[-1]
         heads = bias.shape[-3]
         bias = bias.reshape(-1, nw, heads, n, n) if bias.ndim == 4 else bias.view(1, 1, heads, n, n)
-        return (bias + mask.to(bias.dtype).view(1, nw, 1, n, n)).expand(batch // nw, nw, heads, n, n).reshape(
-            batch, heads, n, n)
+        return (
+            (bias + mask.to(bias.dtype).view(1, nw, 1, n, n))
+            .expand(batch // nw, nw, heads, n, n)
+            .reshape(batch, heads, n, n)
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, c = x.shape

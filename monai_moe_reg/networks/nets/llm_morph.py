@@ -8,8 +8,6 @@ from collections.abc import Sequence
 import torch
 from monai.networks.layers.utils import get_pool_layer
 from monai.utils import ensure_tuple_rep
-from torch import nn
-
 from monai_moe_reg.llm.loading import LoadedLayers, load_decoder_layers
 from monai_moe_reg.networks.blocks.decoder_adapter import DecoderAdapter, volume_to_tokens
 from monai_moe_reg.networks.blocks.dual_pyramid_encoder import DualPyramidEncoder
@@ -20,7 +18,14 @@ from monai_moe_reg.networks.blocks.pyramid_cnn_encoder import PyramidCNNEncoder
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
 from monai_moe_reg.networks.config import record_config
 from monai_moe_reg.networks.export import script_at_grid
-from monai_moe_reg.networks.utils import check_pair_output, crop_spatial, encode_pair, pad_to_multiple, prepare_pair_input
+from monai_moe_reg.networks.utils import (
+    check_pair_output,
+    crop_spatial,
+    encode_pair,
+    pad_to_multiple,
+    prepare_pair_input,
+)
+from torch import nn
 
 __all__ = ["LLMMorph"]
 
@@ -147,9 +152,13 @@ class LLMMorph(nn.Module):
         if num_lebs > 0:
             if leb_type == "llm":
                 if len(llm_layers) < num_lebs:
-                    raise ValueError(f"llm_layers needs {num_lebs} indices for {num_lebs} LEBs, got {tuple(llm_layers)}.")
-                loaded = llm if isinstance(llm, LoadedLayers) else load_decoder_layers(
-                    llm, tuple(llm_layers)[:num_lebs], dtype=llm_dtype
+                    raise ValueError(
+                        f"llm_layers needs {num_lebs} indices for {num_lebs} LEBs, got {tuple(llm_layers)}."
+                    )
+                loaded = (
+                    llm
+                    if isinstance(llm, LoadedLayers)
+                    else load_decoder_layers(llm, tuple(llm_layers)[:num_lebs], dtype=llm_dtype)
                 )
                 if len(loaded.layers) < num_lebs:
                     raise ValueError(f"{num_lebs} LEBs need {num_lebs} loaded layers, got {len(loaded.layers)}.")
@@ -207,7 +216,9 @@ class LLMMorph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_in = x
-        x, size = pad_to_multiple(prepare_pair_input(self, x), self.stride, min_multiples=2)  # instance norm needs > 1 voxel at 1/16
+        x, size = pad_to_multiple(
+            prepare_pair_input(self, x), self.stride, min_multiples=2
+        )  # instance norm needs > 1 voxel at 1/16
         padded = x.shape[2:]
         if self.half_resolution:
             x = self.pool(x)

@@ -7,13 +7,18 @@ from collections.abc import Sequence
 
 import torch
 from monai.utils import ensure_tuple_rep
-from torch import nn
-
 from monai_moe_reg.networks.blocks.pyramid_decoder import PyramidDecoder
 from monai_moe_reg.networks.blocks.swin_encoder import SwinRegEncoder
 from monai_moe_reg.networks.config import record_config
 from monai_moe_reg.networks.export import script_at_grid
-from monai_moe_reg.networks.utils import check_pair_output, crop_spatial, encode_pair, pad_to_multiple, prepare_pair_input
+from monai_moe_reg.networks.utils import (
+    check_pair_output,
+    crop_spatial,
+    encode_pair,
+    pad_to_multiple,
+    prepare_pair_input,
+)
+from torch import nn
 
 __all__ = ["SHMoAReg"]
 
