@@ -173,3 +173,12 @@ def test_torchscript_form_equals_eager_at_its_grid_and_takes_any_size():
 
     const = FixedGridExport(torch.jit.trace(lambda t: shift.expand(t.shape[0], -1, -1, -1, -1), x[..., :32, :32, :32]), (32, 32, 32))
     assert torch.allclose(const(x)[:, 0], torch.full((1, 48, 40, 24), 47 / 31))
+
+
+def test_torch_compile_breaks_no_graph_in_our_code():
+    """The value checks (a host sync) are skipped while torch.compile traces; what still breaks the graph is
+    MONAI's Warp (its meshgrid and requires_grad handling), not this package."""
+    net = SHMoAReg(**tiny_shmoareg_kwargs()).eval()
+    explained = torch._dynamo.explain(net)(torch.rand(1, 2, 32, 32, 32))
+    ours = [b for b in explained.break_reasons if b.user_stack and "monai_moe_reg" in b.user_stack[-1].filename]
+    assert not ours, [str(b.reason).splitlines()[0] for b in ours]

@@ -18,6 +18,12 @@ __all__ = [
 ]
 
 
+def _compiling() -> bool:
+    """Whether ``torch.compile`` is tracing this call (the value checks read tensors back to the host, a graph
+    break; they run only in eager mode)."""
+    return bool(torch.compiler.is_compiling())
+
+
 def check_pair_input(
     x: torch.Tensor, spatial_dims: int, channels: int = 2, name: str = "network", check_values: bool = True
 ) -> None:
@@ -50,13 +56,15 @@ def check_pair_input(
         )
     if not x.is_floating_point():
         raise ValueError(f"{name} expects a floating-point tensor, got dtype {x.dtype}; call .float() first.")
-    if check_values and not bool(torch.isfinite(x).all()):
+    if check_values and not _compiling() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} input contains NaN or Inf values; clean or mask the images before registration.")
 
 
 def check_pair_output(ddf: torch.Tensor, x: torch.Tensor, name: str = "network") -> None:
     """Raise a ``ValueError`` if the network turned the finite input ``x`` into a non-finite ``ddf`` (typically
     intensities far outside the [0, 1] range the networks are trained on overflow a layer)."""
+    if _compiling():  # a host sync would break the torch.compile graph: the check runs in eager mode only
+        return
     if not bool(torch.isfinite(ddf).all()):
         lo, hi = float(x.min()), float(x.max())
         raise ValueError(
