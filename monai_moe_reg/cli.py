@@ -370,17 +370,28 @@ class CLI:
         return str(path)
 
     def zoo_export(
-        self, bundle: str = "shmoareg", output: str | None = None, checkpoint: str | None = None, force: bool = False
+        self,
+        bundle: str = "shmoareg",
+        output: str | None = None,
+        checkpoint: str | None = None,
+        force: bool = False,
+        weights_url: str | None = None,
+        weights_dir: str | None = None,
     ) -> str:
-        """Write a self-contained Model Zoo copy of a bundle (package inside, zoo requirements, half-precision
-        ``models/model.pt`` under 25 MB), e.g. into a model-zoo checkout's ``models/<bundle>``.
+        """Write a self-contained Model Zoo copy of a bundle (package inside, requirements the zoo's Python 3.10
+        runner installs, half-precision model.pt under 25 MB), e.g. into a model-zoo checkout's models/<bundle>
+        (its zoo unit test then goes to the checkout's ci/unit_tests/).
 
         Args:
             bundle: bundle folder or name (shmoareg, llm_morph).
             output: new folder (required), e.g. ../model-zoo/models/shmoareg.
             checkpoint: trained weights (default: BUNDLE/models/model.pt if you trained one, else the shipped
                 pretrained weights).
-            force: replace a non-empty output folder.
+            force: replace an earlier export there.
+            weights_url: for a zoo pull request: the URL the zoo downloads models/model.pt from (e.g. a release
+                asset); model.pt is then listed in large_files.yml with its sha256 instead of being inside, and
+                written to WEIGHTS_DIR for you to upload.
+            weights_dir: where the model.pt to upload goes (default ./zoo_large_files/<bundle>).
         """
         from monai_moe_reg.bundles import bundle_root
         from monai_moe_reg.weights import default_weights
@@ -388,8 +399,18 @@ class CLI:
 
         if not output:
             raise ValueError("--output is required: the new bundle folder, e.g. ../model-zoo/models/shmoareg.")
-        path = export_zoo_bundle(bundle, output, checkpoint or default_weights(bundle_root(bundle)), force=force)
-        _say(f"wrote {path} (model.pt {(path / 'models' / 'model.pt').stat().st_size / 2**20:.1f} MB)")
+        if weights_dir and not weights_url:
+            raise ValueError("--weights-dir goes with --weights-url (the URL the uploaded model.pt will have).")
+        ckpt = checkpoint or default_weights(bundle_root(bundle))
+        path = export_zoo_bundle(bundle, output, ckpt, force=force, weights_url=weights_url, weights_dir=weights_dir)
+        if weights_url:
+            upload = Path(weights_dir) if weights_dir else Path.cwd() / "zoo_large_files" / bundle_root(bundle).name
+            _say(f"wrote {path}; upload {upload / 'model.pt'} to {weights_url} (large_files.yml has its sha256)")
+        else:
+            _say(
+                f"wrote {path} (model.pt {(path / 'models' / 'model.pt').stat().st_size / 2**20:.1f} MB inside; "
+                "for a zoo pull request pass --weights-url)"
+            )
         return str(path)
 
     def ship_weights(

@@ -35,17 +35,55 @@ _COPIED = ("LICENSE", "configs", "docs", "large_files.yml")
 _BASE = {"torch", "monai", "numpy"}  # the zoo pins these from pytorch_version / monai_version / numpy_version
 
 
+# The Model Zoo's premerge runs on Python 3.10 (premerge-cpu.yml: 3.10.14) and pins every listed package with ==.
+# For the dependencies whose installed release has no CPython 3.10 build, the newest release that has one (PyPI,
+# `pip download --python-version 3.10 --only-binary=:all:`, 2026-12-02); the export pins min(installed, this).
+ZOO_PYTHON = "3.10"
+PY310_NEWEST = {"numpy": "2.2.6", "scipy": "1.15.3", "matplotlib": "3.10.9", "transformers": "5.20.2"}
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.+]", version)[:4])
+
+
+def zoo_version(name: str, version: str) -> str:
+    """``version`` of ``name``, or the newest release with a Python 3.10 build when ``version`` has none
+    (:data:`PY310_NEWEST`)."""
+    cap = PY310_NEWEST.get(name.lower())
+    return cap if cap is not None and _version_key(version) > _version_key(cap) else version
+
+
 def zoo_requirements(package: str = "monai-moe-reg") -> dict[str, str]:
-    """``{distribution: installed version}`` for ``package``'s runtime dependencies (no extras, no torch/monai/numpy),
-    the ``required_packages_version`` an exported bundle needs once the package itself travels inside it."""
+    """``{distribution: version}`` for ``package``'s runtime dependencies (no extras, no torch/monai/numpy): the
+    installed version, or the newest one the zoo's Python 3.10 runner can install (:func:`zoo_version`); the
+    ``required_packages_version`` an exported bundle needs once the package itself travels inside it."""
     reqs = {}
     for line in importlib.metadata.requires(package) or []:
         if ";" in line:  # extras ("pytest; extra == 'test'") are not runtime dependencies
             continue
         name = re.split(r"[<>=!~ \[]", line, maxsplit=1)[0].strip()
         if name.lower() not in _BASE:
-            reqs[name] = importlib.metadata.version(name)
+            reqs[name] = zoo_version(name, importlib.metadata.version(name))
     return reqs
+
+
+def zoo_json(obj) -> str:
+    """JSON as the zoo's pre-commit ``pretty-format-json --no-sort-keys --indent=4`` writes it (ASCII, final
+    newline), so that the hook leaves an exported config unchanged."""
+    return json.dumps(obj, indent=4, ensure_ascii=True) + "\n"
+
+
+def _large_files_yml(entries: list[dict]) -> str:
+    lines = [
+        "# Files the Model Zoo's CI (and monai.bundle download) fetch into the bundle, checked by their hash.",
+        "large_files:" if entries else "large_files: []",
+    ]
+    for e in entries:
+        lines.append(f'  - path: "{e["path"]}"')
+        for key in ("url", "hash_val", "hash_type"):
+            if key in e:
+                lines.append(f'    {key}: "{e[key]}"')
+    return "\n".join(lines) + "\n"
 
 
 def zoo_state_dict(network: torch.nn.Module, limit: int = ZOO_FILE_LIMIT) -> dict[str, torch.Tensor]:
@@ -91,8 +129,19 @@ def export_zoo_bundle(
     checkpoint: str | os.PathLike,
     overrides: dict | None = None,
     force: bool = False,
+    weights_url: str | None = None,
+    weights_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Write a self-contained Model Zoo copy of ``bundle`` to ``output`` (e.g. ``model-zoo/models/shmoareg``).
+
+    With ``weights_url`` the copy is ready for a zoo pull request: ``models/model.pt`` is not in it (the zoo's
+    pre-commit refuses files over 1 MB) but listed in ``large_files.yml`` with that URL and its sha256, and written
+    to ``weights_dir`` (default ``./zoo_large_files/<bundle>``) for you to upload there (e.g. as a release asset);
+    the zoo's CI downloads it with the hash check. Without it, ``models/model.pt`` is inside (a local copy that
+    runs as it is). The bundle's own shipped weights file is never copied (``model.pt`` holds the same weights).
+    When ``output`` is ``<model-zoo>/models/<name>`` of a checkout with ``ci/unit_tests``, the bundle's zoo unit
+    test is written there too (``ci/unit_tests/test_<name>.py``). Configs are written as the zoo's
+    ``pretty-format-json`` hook writes them.
 
     Args:
         bundle: bundle folder or name (``shmoareg``, ``llm_morph``).
@@ -111,8 +160,7 @@ def export_zoo_bundle(
     """
     import monai_moe_reg
     from monai_moe_reg.bundles import bundle_root
-    from monai_moe_reg.data.staging import check_replaceable, staged_folder
-    from monai_moe_reg.engines.checkpoints import atomic_save
+    from monai_moe_reg.data.staging import atomic_save, atomic_write_text, check_replaceable, staged_folder
     from monai_moe_reg.weights import large_file_entries
 
     src = bundle_root(bundle)
@@ -138,7 +186,12 @@ def export_zoo_bundle(
             "an earlier export there."
         )
     check_replaceable(out, replaceable)
+    if weights_url is not None and not re.match(r"^(https?|file)://", str(weights_url)):
+        raise ValueError(
+            f"--weights-url must be the http(s) URL the zoo downloads models/model.pt from, got " f"{weights_url!r}."
+        )
     state, _ = _trained_state(src, checkpoint, overrides)  # every input checked before anything is written
+    unit_test = _zoo_unit_test(src, out)
 
     with staged_folder(out, replaceable, marker=False) as staging:  # assembled aside, renamed when complete
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -150,17 +203,65 @@ def export_zoo_bundle(
         package_ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "_bundles")  # a wheel's bundles: not twice
         shutil.copytree(Path(monai_moe_reg.__file__).parent, staging / "monai_moe_reg", ignore=package_ignore)
         (staging / "models").mkdir(exist_ok=True)
-        for entry in large_file_entries(src):  # committed files (no URL) travel with the bundle; the rest download
-            if not entry.get("url") and (src / entry["path"]).is_file():
-                (staging / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / entry["path"], staging / entry["path"])
-        atomic_save(state, staging / "models" / "model.pt")
+        # files with a download URL stay listed; the committed shipped weights are left out (model.pt has them)
+        entries = [e for e in large_file_entries(src) if e.get("url")]
+        if weights_url is None:
+            atomic_save(state, staging / "models" / "model.pt")
+        else:
+            name = Path(src).resolve().name
+            upload = Path(weights_dir) if weights_dir else Path.cwd() / "zoo_large_files" / name
+            model = atomic_save(state, upload / "model.pt")
+            digest = _file_sha256(model)
+            entries.append(
+                {"path": "models/model.pt", "url": str(weights_url), "hash_val": digest, "hash_type": "sha256"}
+            )
+        (staging / "large_files.yml").write_text(_large_files_yml(entries))
         meta_path = staging / "configs" / "metadata.json"
         meta = json.loads(meta_path.read_text())
         packages = {k: v for k, v in meta.get("required_packages_version", {}).items() if k != "monai-moe-reg"}
         meta["required_packages_version"] = {**packages, **zoo_requirements()}
-        meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+        if "numpy_version" in meta:
+            meta["numpy_version"] = zoo_version("numpy", meta["numpy_version"])
+        meta_path.write_text(zoo_json(meta))
+        for config in (staging / "configs").rglob("*.json"):
+            if config != meta_path:
+                config.write_text(zoo_json(json.loads(config.read_text())))
+    if unit_test is not None:
+        atomic_write_text(unit_test[0], unit_test[1])
     return out
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+ZOO_TEST_HEADER = "# Model Zoo unit test for the "
+
+
+def _zoo_test_text(name: str) -> str:
+    """The zoo unit test of bundle ``name`` (``monai_moe_reg/zoo_tests/test_<name>.py``)."""
+    return (Path(__file__).resolve().parent / "zoo_tests" / f"test_{name}.py").read_text()
+
+
+def _zoo_unit_test(src: Path, out: Path) -> tuple[Path, str] | None:
+    """``(path, text)`` of the bundle's zoo unit test when ``out`` is ``<zoo>/models/<name>`` in a model-zoo
+    checkout (``<zoo>/ci/unit_tests`` exists), else ``None``; a file there that is not one of ours is never
+    replaced (``FileExistsError``)."""
+    tests = out.resolve().parent.parent / "ci" / "unit_tests"
+    if out.resolve().parent.name != "models" or not tests.is_dir():
+        return None
+    name = Path(src).resolve().name
+    text = _zoo_test_text(name)
+    target = tests / f"test_{out.resolve().name}.py"
+    if target.exists() and not target.read_text().startswith(ZOO_TEST_HEADER):
+        raise FileExistsError(f"'{target}' exists and was not written by monai-moe-reg: move it away first.")
+    return target, text.replace(f'"models/{name}"', f'"models/{out.resolve().name}"')
 
 
 def run_bundle_workflows(bundle_root: str | os.PathLike, work_dir: str | os.PathLike, overrides: dict) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ["monai_moe_reg", ".ci/zoo/unit_tests"]
+PATHS = ["monai_moe_reg"]
 
 
 @pytest.mark.parametrize("tool", [["black", "--check", "-q"], ["isort", "--check-only", "-q"], ["flake8"]])

@@ -3,7 +3,7 @@
 The zoo's ``ci/verify_bundle.py`` (full mode) and ``ci/unit_tests/runner.py`` are replayed with the MONAI functions
 they call: required files, ``large_files.yml``, metadata against the vendored ``meta_schema_20240725.json``,
 ``verify_net_in_out``, ``ckpt_export`` (``torch.jit.script``) with the TorchScript file loaded and run at another
-size, and our zoo unit-test files (``.ci/zoo/unit_tests``) run with unittest in a fresh process from a zoo-like
+size, and our zoo unit-test files (``monai_moe_reg/zoo_tests``) run with unittest in a fresh process from a zoo-like
 folder, importing the package the bundle carries. Tiny networks (the unit-test files' overrides); LLM-Morph uses a
 tiny GGUF placed where ``large_files.yml`` would put SmolLM2. ``.ci/zoo-check`` runs the zoo's own scripts.
 """
@@ -31,7 +31,7 @@ NETWORK_KEYS = ("network_def", "llm_layers")
 
 
 def unit_test_module(bundle: str):
-    path = ROOT / ".ci" / "zoo" / "unit_tests" / f"test_{bundle}.py"
+    path = ROOT / "monai_moe_reg" / "zoo_tests" / f"test_{bundle}.py"
     spec = importlib.util.spec_from_file_location(f"zoo_test_{bundle}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -172,5 +172,70 @@ def test_ship_weights_lists_the_hash_and_the_zoo_export_carries_the_file(tmp_pat
     assert default_weights(bundle) == str(shipped)
     load_network_weights(parser.get_parsed_content("network_def", lazy=False), shipped)
     out = export_zoo_bundle(bundle, tmp_path / "zoo" / "shmoareg", shipped, overrides=network)
-    assert (out / "models" / "pretrained.safetensors").read_bytes() == shipped.read_bytes()
-    assert expected_hash(out / "models" / "pretrained.safetensors") == (kind, digest)
+    # the export's model.pt holds the shipped weights; the shipped file itself is not copied (the same weights twice)
+    assert not (out / "models" / "pretrained.safetensors").exists()
+    assert "pretrained.safetensors" not in (out / "large_files.yml").read_text()
+    from safetensors.torch import load_file
+
+    exported, ours = torch.load(out / "models" / "model.pt", weights_only=True), load_file(str(shipped))
+    assert exported.keys() == ours.keys() and all(torch.equal(exported[k], ours[k].to(exported[k].dtype)) for k in ours)
+
+
+def test_zoo_pull_request_layout_weights_by_url_and_precommit(tmp_path):
+    """``--weights-url``: no weights file is committed (the zoo's pre-commit refuses files over 1 MB), model.pt
+    is listed in large_files.yml and downloads from the URL with its hash, as the zoo's verify_bundle.py does (here
+    from a loopback HTTP server); the zoo's pre-commit hooks leave the export unchanged; the unit test lands in the
+    checkout's ci/unit_tests; the pins are ones the zoo's Python 3.10 runner can install."""
+    import functools
+    import http.server
+    import threading
+
+    from monai.apps.utils import download_url
+    from pre_commit_hooks import end_of_file_fixer, pretty_format_json, trailing_whitespace_fixer
+
+    from monai_moe_reg.zoo import PY310_NEWEST, _version_key
+
+    zoo = tmp_path / "model-zoo"
+    (zoo / "ci" / "unit_tests").mkdir(parents=True)
+    out, upload = zoo / "models" / "shmoareg", tmp_path / "upload"
+    _, module = unit_test_module("shmoareg")
+    network = {k: v for k, v in module.TINY.items() if k.startswith(NETWORK_KEYS)}
+    parser = bundle_config(ROOT / "bundles" / "shmoareg")
+    for k, v in network.items():
+        parser[k] = v
+    ckpt = tmp_path / "trained.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(upload))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/model.pt"
+        with pytest.raises(ValueError, match="weights-url must be"):
+            export_zoo_bundle("shmoareg", out, ckpt, overrides=network, weights_url="model.pt")
+        export_zoo_bundle("shmoareg", out, ckpt, overrides=network, weights_url=url, weights_dir=upload)
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert not (out / "models" / "model.pt").exists() and (upload / "model.pt").is_file()
+        assert max(p.stat().st_size for p in files) <= 1024 * 1024, max(files, key=lambda p: p.stat().st_size)
+        entries = ConfigParser.load_config_file(str(out / "large_files.yml"))["large_files"]
+        (entry,) = [e for e in entries if e["path"] == "models/model.pt"]
+        assert entry["url"] == url and entry["hash_type"] == "sha256" and len(entry["hash_val"]) == 64
+        # what the zoo's ci/utils.py download_large_files does
+        download_url(url=entry["url"], filepath=str(out / entry["path"]), hash_val=entry["hash_val"],
+                     hash_type=entry["hash_type"], fuzzy=True)
+        assert (out / "models" / "model.pt").read_bytes() == (upload / "model.pt").read_bytes()
+        (out / "models" / "model.pt").unlink()
+    finally:
+        server.shutdown()
+
+    texts = [str(p) for p in files if p.suffix in (".py", ".json", ".md", ".yml", ".txt", ".conf") or p.name == "LICENSE"]
+    assert pretty_format_json.main(["--no-sort-keys", "--indent=4", *[t for t in texts if t.endswith(".json")]]) == 0
+    assert end_of_file_fixer.main(texts) == 0 and trailing_whitespace_fixer.main(texts) == 0
+    test = zoo / "ci" / "unit_tests" / "test_shmoareg.py"
+    assert test.is_file() and '"models/shmoareg"' in test.read_text()
+
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    pins = {**meta["required_packages_version"], "numpy": meta["numpy_version"]}
+    for name, newest in PY310_NEWEST.items():
+        if name in pins:
+            assert _version_key(pins[name]) <= _version_key(newest), (name, pins[name])

@@ -1,4 +1,4 @@
-# Model Zoo unit test for the llm_morph bundle: copy to <model-zoo>/ci/unit_tests/ beside models/llm_morph
+# Model Zoo unit test for the llm_morph bundle, in <model-zoo>/ci/unit_tests/ beside models/llm_morph
 # (written by `monai-moe-reg zoo-export`); run by the zoo's ci/unit_tests/runner.py --b llm_morph after
 # verify_bundle.py has downloaded the LLM listed in large_files.yml into models/.
 import os

@@ -1,4 +1,4 @@
-# Model Zoo unit test for the shmoareg bundle: copy to <model-zoo>/ci/unit_tests/ beside models/shmoareg
+# Model Zoo unit test for the shmoareg bundle, in <model-zoo>/ci/unit_tests/ beside models/shmoareg
 # (written by `monai-moe-reg zoo-export`); run by the zoo's ci/unit_tests/runner.py --b shmoareg.
 import os
 import sys
