@@ -360,10 +360,10 @@ class Registrar:
 
     def _network_ddf(
         self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, world: torch.Tensor
-    ) -> tuple[torch.Tensor, Grid, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, Grid]:
         """The network's DDF on its working grid (the fixed grid pooled to ``network_spacing`` mm and reoriented to
         RAS, as the bundles' training transforms present pairs: :func:`to_canonical`), run on the affine-aligned
-        pair, that grid, and SHMoAReg's selected experts ``(D, *s)`` on it (``None`` for other networks)."""
+        pair."""
         spacing = self.config.get("network_spacing")
         ff = level_factors(fixed_grid, float(spacing), min_size=1) if spacing else (1,) * self.spatial_dims
         fm = level_factors(moving_grid, float(spacing), min_size=1) if spacing else (1,) * self.spatial_dims
@@ -374,7 +374,7 @@ class Registrar:
             x = torch.cat([mov, fix], dim=1)
             ddf = (self.inferer(x, self.network) if self.inferer is not None else self.network(x)).float()
         maps = getattr(self.network, "expert_maps", None)  # SHMoAReg: the last forward's selection, finest first
-        experts = maps[0][0].to(torch.int16).cpu() if maps else None
+        self._expert_maps = (maps[0][0].to(torch.int16).cpu(), grid.affine) if maps else None
         sigma = float(self.config.get("network_smoothing") or 0.0)
         if sigma > 0:  # Gaussian smoothing of the network's field (voxels of its working grid) before IO
             ddf = GaussianFilter(self.spatial_dims, sigma).to(ddf.device)(ddf)
@@ -383,7 +383,7 @@ class Registrar:
                 "the network returned non-finite displacements for this pair: check the scans' intensity "
                 "range and the bundle's intensity modes, or register without it (--network off)."
             )
-        return ddf, grid, experts
+        return ddf, grid
 
     def __call__(
         self,
@@ -420,6 +420,7 @@ class Registrar:
         fixed_grid, moving_grid = _grid(fix), _grid(mov)
         f_s, m_s = self._scaled(fix, self.fixed_intensity), self._scaled(mov, self.moving_intensity)
         times["load"] = time.perf_counter() - t0
+        self._expert_maps = None
 
         t = time.perf_counter()
         world = torch.eye(4, dtype=torch.float64)
@@ -430,11 +431,10 @@ class Registrar:
         _done("affine", times)
 
         t = time.perf_counter()
-        initial, experts = None, None
+        initial = None
         if self.network is not None and affine != "only":
             logger.info("network %s ...", type(self.network).__name__)
-            ddf0, net_grid, experts = self._network_ddf(f_s, fixed_grid, m_s, moving_grid, world)
-            initial = (ddf0, net_grid)
+            initial = self._network_ddf(f_s, fixed_grid, m_s, moving_grid, world)
         times["network"] = time.perf_counter() - t
         _done("network", times)
 
@@ -493,6 +493,7 @@ class Registrar:
         times["metrics"] = time.perf_counter() - t
         _done("metrics", times)
         times["total"] = time.perf_counter() - t0
+        maps = self._expert_maps
         return RegistrationResult(
             fixed=fix,
             warped_image=warped,
@@ -503,8 +504,8 @@ class Registrar:
             metrics=metrics,
             timings=times,
             jacobian=det[0],
-            expert_maps=experts,
-            network_affine=initial[1].affine if experts is not None else None,
+            expert_maps=maps[0] if maps else None,
+            network_affine=maps[1] if maps else None,
         )
 
     @staticmethod
