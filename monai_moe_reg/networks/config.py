@@ -66,15 +66,19 @@ def record_config(cls: type[nn.Module]) -> type[nn.Module]:
 def network_config(network: nn.Module) -> dict:
     """``{"class": "<module>.<name>", "config": {...}}`` of a network (``config`` empty when not recorded)."""
     module = getattr(network, "module", network)  # DDP
-    return {
+    out = {
         "class": f"{type(module).__module__}.{type(module).__qualname__}",
         "config": dict(getattr(module, "_init_config", {})),
     }
+    if getattr(module, "llm_provenance", None):  # LLM-Morph: which LLM's layers (name, indices, weights hash)
+        out["llm"] = dict(module.llm_provenance)
+    return out
 
 
 def config_mismatch(saved: dict | None, network: nn.Module) -> list[str]:
     """``"name: saved -> network"`` for every architecture setting (not :data:`RUNTIME_SETTINGS`) recorded in both
-    that differs, and the class when it differs; empty when they agree or nothing was recorded."""
+    that differs, the class when it differs, and LLM-Morph's LLM layers (name, indices, weights hash) when both
+    recorded them and they differ; empty when they agree or nothing was recorded."""
     if not isinstance(saved, dict):
         return []
     now = network_config(network)
@@ -85,4 +89,19 @@ def config_mismatch(saved: dict | None, network: nn.Module) -> list[str]:
     for key in sorted(set(old) & set(new) - RUNTIME_SETTINGS):
         if old[key] != new[key]:
             out.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    was, got = saved.get("llm"), now.get("llm")
+    if (
+        isinstance(was, dict)
+        and isinstance(got, dict)
+        and (was.get("sha256"), was.get("layers"))
+        != (
+            got.get("sha256"),
+            got.get("layers"),
+        )
+    ):
+        out.append(f"llm: {_llm_text(was)} -> {_llm_text(got)}")
     return out
+
+
+def _llm_text(llm: dict) -> str:
+    return f"{llm.get('name')} layers {tuple(llm.get('layers') or ())} (weights sha256 {str(llm.get('sha256'))[:12]})"

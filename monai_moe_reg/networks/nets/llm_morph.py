@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from monai.networks.layers.utils import get_pool_layer
 from monai.utils import ensure_tuple_rep
-from monai_moe_reg.llm.loading import LoadedLayers, load_decoder_layers
+from monai_moe_reg.llm.loading import LoadedLayers, llm_provenance, load_decoder_layers
 from monai_moe_reg.networks.blocks.decoder_adapter import DecoderAdapter, volume_to_tokens
 from monai_moe_reg.networks.blocks.dual_pyramid_encoder import DualPyramidEncoder
 from monai_moe_reg.networks.blocks.flow import upsample_ddf
@@ -148,6 +148,7 @@ class LLMMorph(nn.Module):
         self.encoder_fixed = None if self.share_encoder else encoder(spatial_dims, in_channels, encoder_channels)
         token_features = 2 * encoder_channels[-1]
         self.llm_source = None
+        self.llm_provenance = None
         self.lebs = nn.ModuleList()
         if num_lebs > 0:
             if leb_type == "llm":
@@ -163,6 +164,7 @@ class LLMMorph(nn.Module):
                 if len(loaded.layers) < num_lebs:
                     raise ValueError(f"{num_lebs} LEBs need {num_lebs} loaded layers, got {len(loaded.layers)}.")
                 self.llm_source = loaded.source
+                self.llm_provenance = llm_provenance(loaded)  # recorded with the weights, checked on load
                 width = int(loaded.config.hidden_size)
                 for i in range(num_lebs):
                     self.lebs.append(
