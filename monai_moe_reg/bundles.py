@@ -16,6 +16,7 @@ __all__ = [
     "locate",
     "registration_section",
     "require_path",
+    "work_dir",
 ]
 
 BUNDLE_NAMES = ("shmoareg", "llm_morph")
@@ -44,28 +45,53 @@ def locate(name: str) -> str:
     )
 
 
-def bundle_dir(root: str | os.PathLike, name: str) -> str:
+def bundle_dir(root: str | os.PathLike, name: str, configs_bundle: str | os.PathLike | None = None) -> str:
     """Absolute bundle folder for the configs' ``bundle_root`` (``"."`` by default, as in Model Zoo bundles).
 
     ``root`` itself when it is a bundle folder (has ``configs/metadata.json``): the current folder when run from the
     bundle (``cd bundles/shmoareg && python -m monai.bundle run --config_file configs/train.json``), or the folder
-    given with ``--bundle_root``. From a checkout's root the default ``"."`` means ``./bundles/<name>`` (logged).
-    Anything else is a ``FileNotFoundError`` naming the fix; the package's install location is never used, so
-    outputs go where the user points, never silently into a source tree.
+    given with ``--bundle_root``. For the default ``"."`` elsewhere: ``./bundles/<name>`` from a checkout's root
+    (logged), else ``configs_bundle``, the bundle whose configs are being run (a Model Zoo export passes it, so that
+    ``monai.bundle.load`` and runs from another folder find their own bundle). Anything else is a
+    ``FileNotFoundError`` naming the fix. Nothing is written there by default: see :func:`work_dir`.
     """
     import logging
 
     path = Path(root).resolve()
     if (path / "configs" / "metadata.json").is_file():
         return str(path)
-    nested = path / "bundles" / name
-    if str(root) == "." and (nested / "configs" / "metadata.json").is_file():
-        logging.getLogger(__name__).info("bundle_root '.' is a checkout's root: using %s", nested)
-        return str(nested)
+    if str(root) == ".":
+        nested = path / "bundles" / name
+        if (nested / "configs" / "metadata.json").is_file():
+            logging.getLogger(__name__).info("bundle_root '.' is a checkout's root: using %s", nested)
+            return str(nested)
+        if configs_bundle is not None and (Path(configs_bundle) / "configs" / "metadata.json").is_file():
+            return str(Path(configs_bundle).resolve())
     raise FileNotFoundError(
         f"bundle_root '{root}' ({path}) is not a bundle folder (no configs/metadata.json): run from the bundle folder "
         f"(cd bundles/{name}) or pass --bundle_root <path to the {name} bundle>."
     )
+
+
+WORK_ENV = "MONAI_MOE_REG_WORK_DIR"
+
+
+def work_dir(name: str) -> str:
+    """Where a bundle run writes by default (the configs' ``work_dir``: ``data/`` for the generated demo set,
+    ``models/`` for checkpoints, ``eval/`` for outputs, ``cache/``): ``$MONAI_MOE_REG_WORK_DIR/<name>`` when that
+    variable is set, else ``<cache>/monai_moe_reg/<name>`` (``$XDG_CACHE_HOME`` or ``~/.cache``). Never inside the
+    bundle, so a bundle folder (a checkout, a Model Zoo download, an installed copy) is only read. Pass
+    ``--work_dir`` (or ``--dataset_dir``/``--ckpt_dir``/``--output_dir``) to choose; the folder is logged."""
+    import logging
+
+    base = os.environ.get(WORK_ENV, "").strip()
+    if base:
+        folder = Path(base).expanduser() / name
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+        folder = Path(cache).expanduser() / "monai_moe_reg" / name
+    logging.getLogger(__name__).info("%s writes to %s (pass --work_dir to choose another folder)", name, folder)
+    return str(folder.resolve())
 
 
 def require_path(path: str | os.PathLike, hint: str) -> str:

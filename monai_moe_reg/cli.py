@@ -157,8 +157,8 @@ class CLI:
                 folder whose network and registration settings are used.
             fixed_label: optional fixed label map (with --moving-label: Dice/HD95/ASSD in mm).
             moving_label: optional moving label map, warped with nearest interpolation (alone: atlas segmentation).
-            checkpoint: network weights (default: BUNDLE/models/model.pt if you trained one, else the shipped
-                pretrained weights).
+            checkpoint: network weights (default: your trained model.pt in the bundle's work folder, else the
+                bundle's models/model.pt, else its shipped pretrained weights).
             network: auto (the bundle's choice: use the weights if present, unless its registration::use_network
                 is false and no --checkpoint is given), on (require the weights and use them), off.
             affine: on (affine, then deformable; default), off (no affine stage), only (affine alone).
@@ -253,8 +253,8 @@ class CLI:
             datalist: datalist JSON (pairs or subject lists; see the bundles' docs).
             bundle: bundle name (shmoareg, llm_morph) or folder.
             section: datalist section (training, validation, testing).
-            checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained
-                weights).
+            checkpoint: weights (default: your trained model.pt in the bundle's work folder, else the bundle's
+                models/model.pt, else its shipped pretrained weights).
             output: CSV file to write (a _summary.md table is written beside it).
             network: auto, on or off (see register).
             affine: on, off or only.
@@ -342,18 +342,18 @@ class CLI:
 
         Args:
             bundle: bundle name (shmoareg, llm_morph) or folder.
-            output: .ts file (default BUNDLE/models/model.ts).
-            checkpoint: weights (default: BUNDLE/models/model.pt if you trained one, else the shipped pretrained
-                weights).
+            output: .ts file (default model.ts in the bundle's work folder's models/, never inside the bundle).
+            checkpoint: weights (default: your trained model.pt in the bundle's work folder, else the bundle's
+                models/model.pt, else its shipped pretrained weights).
             size: cubic grid the network is traced and runs at; checked against the eager network on it.
         """
-        from monai_moe_reg.bundles import build_network, bundle_config, bundle_root
+        from monai_moe_reg.bundles import build_network, bundle_config
         from monai_moe_reg.networks.export import script_at_grid
-        from monai_moe_reg.weights import default_weights, load_network_weights
+        from monai_moe_reg.weights import load_network_weights
 
         parser = bundle_config(bundle)
         net = build_network(parser)
-        load_network_weights(net, checkpoint or default_weights(bundle_root(bundle)), bundle)
+        load_network_weights(net, checkpoint or parser.get_parsed_content("checkpoint"), bundle)
         net.eval()
         dims = int(parser["network_def"].get("spatial_dims", 3))
         in_channels = int(parser["network_def"].get("in_channels", 1))
@@ -363,7 +363,7 @@ class CLI:
             diff = float((traced(x) - net(x)).abs().max())
         if diff > 1e-3:
             raise RuntimeError(f"exported network differs from the eager one by {diff:.2e} voxels")
-        path = Path(output) if output else bundle_root(bundle) / "models" / "model.ts"
+        path = Path(output) if output else Path(parser.get_parsed_content("ckpt_dir")) / "model.ts"
         _check_writable(path.parent)
         traced.save(str(path))
         _say(f"wrote {path} (max difference to eager {diff:.1e} voxels at {size}^{dims})")
@@ -385,26 +385,25 @@ class CLI:
         Args:
             bundle: bundle folder or name (shmoareg, llm_morph).
             output: new folder (required), e.g. ../model-zoo/models/shmoareg.
-            checkpoint: trained weights (default: BUNDLE/models/model.pt if you trained one, else the shipped
-                pretrained weights).
+            checkpoint: trained weights (default: your trained model.pt in the bundle's work folder, else the
+                bundle's models/model.pt, else its shipped pretrained weights).
             force: replace an earlier export there.
             weights_url: for a zoo pull request: the URL the zoo downloads models/model.pt from (e.g. a release
                 asset); model.pt is then listed in large_files.yml with its sha256 instead of being inside, and
                 written to WEIGHTS_DIR for you to upload.
             weights_dir: where the model.pt to upload goes (default ./zoo_large_files/<bundle>).
         """
-        from monai_moe_reg.bundles import bundle_root
-        from monai_moe_reg.weights import default_weights
-        from monai_moe_reg.zoo import export_zoo_bundle
+        from monai_moe_reg.bundles import bundle_config, bundle_root
+        from monai_moe_reg.zoo import export_zoo_bundle, upload_dir
 
         if not output:
             raise ValueError("--output is required: the new bundle folder, e.g. ../model-zoo/models/shmoareg.")
         if weights_dir and not weights_url:
             raise ValueError("--weights-dir goes with --weights-url (the URL the uploaded model.pt will have).")
-        ckpt = checkpoint or default_weights(bundle_root(bundle))
+        ckpt = checkpoint or bundle_config(bundle).get_parsed_content("checkpoint")
         path = export_zoo_bundle(bundle, output, ckpt, force=force, weights_url=weights_url, weights_dir=weights_dir)
         if weights_url:
-            upload = Path(weights_dir) if weights_dir else Path.cwd() / "zoo_large_files" / bundle_root(bundle).name
+            upload = upload_dir(bundle_root(bundle), weights_dir)
             _say(f"wrote {path}; upload {upload / 'model.pt'} to {weights_url} (large_files.yml has its sha256)")
         else:
             _say(

@@ -3,11 +3,11 @@
 A MONAI bundle config runs Python: every ``"$..."`` string is evaluated, every ``"_target_"`` is imported and called,
 and ``"%file#key"`` macros pull in other files. When ``monai-moe-reg`` commands read a bundle (``register``,
 ``evaluate``, ``export``, ``zoo-export``), the config is checked first: ``$`` expressions must be ones the shipped
-bundles' configs contain verbatim, ``_target_`` s must be MONAI's registered names or live in ``monai``, ``torch``,
-``ignite`` or ``monai_moe_reg``, and macros must point into the same bundle. Anything else needs an explicit opt-in
-(``--trust-bundle``, or the environment variable ``MONAI_MOE_REG_TRUST_BUNDLE=1``); otherwise a one-line error lists
-what would run. Changing numbers or file names in a shipped config needs no opt-in. Written here because MONAI's
-``ConfigParser`` evaluates whatever it reads.
+bundles' configs contain verbatim (or as a Model Zoo export rewrites them), ``_target_`` s must be MONAI's registered
+names or live in ``monai``, ``torch``, ``ignite`` or ``monai_moe_reg``, and macros must point into the same bundle.
+Anything else needs an explicit opt-in (``--trust-bundle``, or the environment variable
+``MONAI_MOE_REG_TRUST_BUNDLE=1``); otherwise a one-line error lists what would run. Changing numbers or file names
+in a shipped config needs no opt-in. Written here because MONAI's ``ConfigParser`` evaluates whatever it reads.
 """
 
 from __future__ import annotations
@@ -49,11 +49,15 @@ def shipped_expressions() -> frozenset[str]:
     paths = [p for root in SHIPPED for p in root.glob("*/configs/**/*.json")] + list(
         (HERE.parent / "configs").glob("**/*.json")
     )
+    from monai_moe_reg.vendoring import vendored_config
+
     for path in paths:
         try:
-            found |= {s.strip() for _, s in _strings(_load(path)) if s.startswith("$")}
+            config = _load(path)
         except (OSError, ValueError):
             continue
+        for form in (config, vendored_config(config)):  # as shipped, and as a Model Zoo export writes it
+            found |= {s.strip() for _, s in _strings(form) if s.startswith("$")}
     return frozenset(found)
 
 

@@ -39,16 +39,18 @@ def shipped_weights(bundle_dir: str | os.PathLike) -> Path | None:
 
 
 def default_weights(bundle_dir: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None) -> str:
-    """The weights inference, evaluation and ``register`` use unless told otherwise: your own training result
-    ``<ckpt_dir>/model.pt`` when it exists, else the bundle's shipped pretrained file (:func:`shipped_weights`);
-    which one is logged (debug). With neither, the ``model.pt`` path (whose absence ``require_path`` then reports)."""
+    """The weights inference, evaluation and ``register`` use unless told otherwise, first found: your own training
+    result ``<ckpt_dir>/model.pt`` (the run's work folder), the bundle's ``models/model.pt`` (e.g. a Model Zoo
+    download's), the bundle's shipped pretrained file (:func:`shipped_weights`); which one is logged (debug). With
+    none, the ``model.pt`` path (whose absence ``require_path`` then reports)."""
     import logging
 
     log = logging.getLogger(__name__)
     own = Path(ckpt_dir or Path(bundle_dir) / "models") / "model.pt"
-    if own.is_file():
-        log.debug("weights: your trained %s (pass --checkpoint to choose others)", own)
-        return str(own)
+    for candidate, what in ((own, "your trained"), (Path(bundle_dir) / "models" / "model.pt", "the bundle's")):
+        if candidate.is_file():
+            log.debug("weights: %s %s (pass --checkpoint to choose others)", what, candidate)
+            return str(candidate)
     shipped = shipped_weights(bundle_dir)
     if shipped is not None:
         log.debug("weights: the shipped pretrained %s (no trained model.pt in %s)", shipped, own.parent)

@@ -2,11 +2,11 @@
 
 The bundles in this repository import ``monai_moe_reg``; the zoo installs a bundle's requirements from PyPI
 (``required_packages_version``), where this package is not. :func:`export_zoo_bundle` therefore writes a bundle folder
-that carries the package itself (``<bundle>/monai_moe_reg``, importable because MONAI and the zoo's scripts put the
-bundle folder on ``sys.path``), lists the package's own dependencies with the installed versions instead of
-``monai-moe-reg``, and holds ``models/model.pt``: the trainable weights only (LLM-Morph's frozen LLM layers come from
-the LLM file its ``large_files.yml`` downloads), in half precision when single precision would exceed the zoo's
-25 MB per file.
+that carries the package itself (``<bundle>/monai_moe_reg``, imported from there by the rewritten configs of
+:func:`monai_moe_reg.vendoring.vendored_config`, from any folder and by ``monai.bundle.load``), lists the package's own
+dependencies with the installed versions instead of ``monai-moe-reg``, and holds ``models/model.pt``: the trainable
+weights only (LLM-Morph's frozen LLM layers come from the LLM file its ``large_files.yml`` downloads), in half precision
+when single precision would exceed the zoo's 25 MB per file.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from monai_moe_reg.vendoring import vendored_config
 
 __all__ = [
     "ZOO_FILE_LIMIT",
@@ -26,6 +27,7 @@ __all__ = [
     "export_zoo_bundle",
     "run_bundle_workflows",
     "ship_weights",
+    "upload_dir",
     "zoo_requirements",
     "zoo_state_dict",
 ]
@@ -208,9 +210,7 @@ def export_zoo_bundle(
         if weights_url is None:
             atomic_save(state, staging / "models" / "model.pt")
         else:
-            name = Path(src).resolve().name
-            upload = Path(weights_dir) if weights_dir else Path.cwd() / "zoo_large_files" / name
-            model = atomic_save(state, upload / "model.pt")
+            model = atomic_save(state, upload_dir(src, weights_dir) / "model.pt")
             digest = _file_sha256(model)
             entries.append(
                 {"path": "models/model.pt", "url": str(weights_url), "hash_val": digest, "hash_type": "sha256"}
@@ -224,11 +224,17 @@ def export_zoo_bundle(
             meta["numpy_version"] = zoo_version("numpy", meta["numpy_version"])
         meta_path.write_text(zoo_json(meta))
         for config in (staging / "configs").rglob("*.json"):
-            if config != meta_path:
-                config.write_text(zoo_json(json.loads(config.read_text())))
+            if config != meta_path:  # the package travels inside: imported through @package (vendored_config)
+                config.write_text(zoo_json(vendored_config(json.loads(config.read_text()))))
     if unit_test is not None:
         atomic_write_text(unit_test[0], unit_test[1])
     return out
+
+
+def upload_dir(bundle: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`export_zoo_bundle` with ``weights_url`` writes the ``model.pt`` to upload: ``weights_dir``, else
+    ``./zoo_large_files/<bundle folder name>``."""
+    return Path(weights_dir) if weights_dir else Path.cwd() / "zoo_large_files" / Path(bundle).resolve().name
 
 
 def _file_sha256(path: Path) -> str:

@@ -13,6 +13,14 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _work_dir(tmp_path_factory, monkeypatch):
+    """Bundle runs write to their work folder (monai_moe_reg.bundles.work_dir): a temporary one per test, never
+    the user's cache (subprocesses inherit it)."""
+    monkeypatch.setenv("MONAI_MOE_REG_WORK_DIR", str(tmp_path_factory.mktemp("work")))
+    yield
+
+
 def tiny_shmoareg_kwargs(**overrides):
     """A tiny SHMoAReg (stride 8) for fast CPU tests."""
     kw = dict(

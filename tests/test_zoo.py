@@ -239,3 +239,75 @@ def test_zoo_pull_request_layout_weights_by_url_and_precommit(tmp_path):
     for name, newest in PY310_NEWEST.items():
         if name in pins:
             assert _version_key(pins[name]) <= _version_key(newest), (name, pins[name])
+
+
+HIDE_INSTALLED = '''
+import site, sys
+from importlib.machinery import PathFinder
+
+class HideInstalled:  # monai_moe_reg only from sys.path entries outside site-packages: a machine without it
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "monai_moe_reg":
+            return None
+        blocked = set(site.getsitepackages() + [site.getusersitepackages()])
+        spec = PathFinder.find_spec(name, [p for p in sys.path if p not in blocked])
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return spec
+
+sys.meta_path.insert(0, HideInstalled)
+'''
+
+
+def _tree(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if "__pycache__" not in p.parts
+    }
+
+
+def test_exported_bundle_runs_from_another_folder_and_writes_nothing_into_it(tmp_path):
+    """Issue 21: on a machine without monai-moe-reg installed, from another folder, ``python -m monai.bundle run
+    --config_file B/configs/inference.json --bundle_root B`` and ``monai.bundle.load(name, bundle_dir)`` use the
+    package the export carries, and nothing is written inside the bundle (outputs go to the work folder)."""
+    from monai_moe_reg.trust import check_bundle_code
+
+    ckpt = tmp_path / "trained.pt"
+    torch.save(bundle_config(ROOT / "bundles" / "shmoareg").get_parsed_content("network_def").state_dict(), ckpt)
+    bundle = export_zoo_bundle("shmoareg", tmp_path / "downloads" / "shmoareg", ckpt)
+    check_bundle_code(bundle / "configs" / "inference.json")  # the installed package trusts an export's configs
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_INSTALLED)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    work = tmp_path / "work"
+    env = {**os.environ, "PYTHONPATH": str(hide), "MONAI_MOE_REG_WORK_DIR": str(work)}
+    before = _tree(bundle)
+
+    def python(*args):
+        proc = subprocess.run(
+            [sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    assert "No module named 'monai_moe_reg'" in subprocess.run(
+        [sys.executable, "-c", "import monai_moe_reg"], cwd=elsewhere, env=env, capture_output=True, text=True
+    ).stderr
+    config = str(bundle / "configs" / "inference.json")
+    python("-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(bundle))
+    outputs = work / "shmoareg" / "eval" / "inference"
+    assert (outputs / "inference_metrics.csv").is_file() and (work / "shmoareg" / "data" / "datalist.json").is_file()
+    printed = python(
+        "-c",
+        "import sys, torch, monai; "
+        "net = monai.bundle.load(name='shmoareg', bundle_dir=sys.argv[1], source='github'); "
+        "print(type(net).__name__, tuple(net.eval()(torch.zeros(1, 2, 32, 32, 32)).shape), "
+        "sys.modules['monai_moe_reg'].__file__)",
+        str(bundle.parent),
+    )
+    assert printed.strip().splitlines()[-1].startswith("SHMoAReg (1, 3, 32, 32, 32) " + str(bundle)), printed
+    assert _tree(bundle) == before, "a run wrote into the bundle"

