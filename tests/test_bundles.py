@@ -290,8 +290,9 @@ def test_training_draws_random_pairs_from_cached_subjects(tmp_path, tiny_llm):
 @pytest.mark.parametrize("bundle, recipe, expected", [
     ("shmoareg", "oasis", {"spatial_size": [128, 128, 128], "loss#lambda_reg": 0.01, "epoch_length": 1000}),
     ("shmoareg", "btcv", {"moving_intensity": "ct", "loss#lambda_reg": 0.1, "max_epochs": 100}),
-    ("llm_morph", "abdomenmrct", {"network_def#half_resolution": True, "num_classes": 5, "fixed_intensity": "ct"}),
-    ("llm_morph", "srreg", {"num_classes": 61, "max_epochs": 300, "amp": True}),
+    ("llm_morph", "abdomenmrct", {"network_def#half_resolution": True, "num_classes": 5, "fixed_intensity": "ct",
+                                  "network_def#adapter_channels": 256}),  # the paper's C4 (the shipped default: 128)
+    ("llm_morph", "srreg", {"num_classes": 61, "max_epochs": 300, "amp": True, "network_def#adapter_channels": 256}),
 ])
 def test_paper_recipes_merge_with_train_json(bundle, recipe, expected):
     from monai.bundle import ConfigParser

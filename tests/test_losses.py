@@ -215,3 +215,23 @@ def test_warped_label_dice_on_a_label_subset_scores_only_the_drawn_labels():
         WarpedLabelDice(num_classes=6, max_labels=0)
     with pytest.raises(ValueError, match="0..5"):
         sub(zero, lab + 1, lab)
+
+
+def test_warped_label_dice_is_not_diluted_by_sparse_label_ids():
+    """Issue 22: ids {0, 3, 7} with num_classes 8 give the loss of the contiguous {0, 1, 2} with 3 classes (empty
+    channels used to count as perfect overlaps: 0.105 instead of 0.367), in WarpedLabelDice and LLM-Morph's loss."""
+    from monai_moe_reg.losses import LLMMorphLoss, WarpedLabelDice
+
+    torch.manual_seed(0)
+    dense = torch.randint(0, 3, (1, 1, 8, 8, 8))
+    sparse = torch.tensor([0, 3, 7])[dense]
+    moved = torch.roll(dense, 2, dims=2)
+    ddf = torch.zeros(1, 3, 8, 8, 8)
+    want = float(WarpedLabelDice(num_classes=3)(ddf, dense, moved))
+    assert want > 0.2
+    got = float(WarpedLabelDice(num_classes=8)(ddf, sparse, torch.tensor([0, 3, 7])[moved]))
+    assert abs(got - want) < 1e-6
+    assert float(WarpedLabelDice(num_classes=8)(ddf, torch.zeros_like(dense), torch.zeros_like(dense))) == 0.0
+    sparse_terms = LLMMorphLoss(num_classes=8)(ddf, sparse, torch.tensor([0, 3, 7])[moved])
+    dense_terms = LLMMorphLoss(num_classes=3)(ddf, dense, moved)
+    assert abs(float(sparse_terms["dice"]) - float(dense_terms["dice"])) < 1e-6

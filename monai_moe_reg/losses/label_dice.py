@@ -42,6 +42,11 @@ class WarpedLabelDice(nn.Module):
             ``set_determinism``): the one-hot maps and their warp then cost ``max_labels`` channels instead of
             ``num_classes``; every label is still trained on over the steps. ``None``: all labels.
 
+    Integer maps are relabelled ``1..K`` over the foreground ids present in either map before one-hot encoding
+    (contiguous remapping), so that sparse ids do not dilute the mean with empty channels: ids {0, 3, 7} with
+    ``num_classes`` 8 give the loss of {0, 1, 2} with 3 classes (before, empty channels counted as perfect overlaps
+    and scaled the term down, e.g. 0.105 instead of 0.367); ``num_classes`` still bounds the ids.
+
     ``forward(ddf, moving_label, fixed_label)``: ``ddf`` ``(B, D, *S)``, labels ``(B, 1, *S)`` integer or
     ``(B, C, *S)`` binary -> scalar.
     """
@@ -60,9 +65,11 @@ class WarpedLabelDice(nn.Module):
     ) -> torch.Tensor:
         if moving_label is None or fixed_label is None:
             raise ValueError("the label Dice term needs moving_label and fixed_label (or set its weight to 0).")
-        if self.max_labels is not None and moving_label.shape[1] == 1 and fixed_label.shape[1] == 1:
-            moving_label, fixed_label, drawn = self._subset(moving_label, fixed_label)
-            num_classes = drawn + 1  # only the drawn labels (each present in a map): no empty channel
+        if moving_label.shape[1] == 1 and fixed_label.shape[1] == 1:
+            moving_label, fixed_label, present = self._subset(moving_label, fixed_label)
+            if present == 0:  # background only in both maps: nothing to overlap
+                return ddf.sum() * 0.0
+            num_classes = present + 1  # only labels present in a map: no empty channel dilutes the mean
         else:
             num_classes = self.num_classes
         mov = to_one_hot_labels(moving_label, num_classes)
@@ -78,14 +85,14 @@ class WarpedLabelDice(nn.Module):
         return self.dice(self.warp(mov, ddf), fix)
 
     def _subset(self, moving_label: torch.Tensor, fixed_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Both maps relabelled ``1..K`` for a random subset of ``K <= max_labels`` foreground ids present in either
-        (the rest become background), and ``K``."""
+        """Both maps relabelled ``1..K`` for the foreground ids present in either (a random subset of
+        ``K <= max_labels`` of them when ``max_labels`` is set; the rest become background), and ``K``."""
         both = torch.cat([moving_label.long().flatten(), fixed_label.long().flatten()])
         if self.num_classes is not None:
             _check_ids(both, self.num_classes)
         ids = torch.unique(both)
         ids = ids[ids != 0]
-        if ids.numel() > self.max_labels:
+        if self.max_labels is not None and ids.numel() > self.max_labels:
             ids = ids[torch.randperm(ids.numel(), device=ids.device)[: self.max_labels]]
         lut = torch.zeros(int(both.max()) + 1, dtype=torch.long, device=both.device)
         lut[ids] = torch.arange(1, ids.numel() + 1, device=both.device)
