@@ -339,7 +339,7 @@ def test_an_interrupted_training_ends_with_one_line_and_resumes(tmp_path):
 
     ov = tiny_overrides("shmoareg", tmp_path, None)
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-            str(ROOT / "bundles" / "shmoareg" / "configs" / "train.json"), "--max_epochs", "50", "--val_interval", "1",
+            str(ROOT / "bundles" / "shmoareg" / "configs" / "train.json"), "--max_epochs", "100000", "--val_interval", "1",
             "--epoch_length", "2"]
     for k, v in ov.items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
@@ -351,7 +351,11 @@ def test_an_interrupted_training_ends_with_one_line_and_resumes(tmp_path):
             break
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=300)
+    try:  # (the run cannot end by itself first: the pipe may hold many epochs of output not read yet)
+        rest, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     out = "".join(lines) + rest
     assert proc.returncode == 130, out[-2000:]
     assert "Traceback" not in out, out[-2000:]

@@ -209,8 +209,11 @@ def test_losses():
     mi = LLMMorphLoss(lambda_label=0, image_similarity="mi")(ddf, moving_image=pair["moving_image"][None],
                                                             fixed_image=pair["fixed_image"][None])
     assert torch.isfinite(mi["loss"])
-    with pytest.raises(ValueError, match="num_classes"):
-        LLMMorphLoss()(ddf, pair["moving_label"][None], pair["fixed_label"][None])
+    # integer maps are scored over the ids present in either map: num_classes only bounds the ids
+    bounded = LLMMorphLoss(num_classes=6)(ddf, pair["moving_label"][None], pair["fixed_label"][None])["dice"]
+    assert torch.isclose(LLMMorphLoss()(ddf, pair["moving_label"][None], pair["fixed_label"][None])["dice"], bounded)
+    with pytest.raises(ValueError, match="0..1"):
+        LLMMorphLoss(num_classes=2)(ddf, pair["moving_label"][None], pair["fixed_label"][None])
     with pytest.raises(ValueError, match="image_similarity"):
         LLMMorphLoss(image_similarity="ncc")
 

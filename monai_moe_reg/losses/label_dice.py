@@ -35,8 +35,9 @@ class WarpedLabelDice(nn.Module):
     interpolation of the channels: differentiable) against the one-hot fixed labels.
 
     Args:
-        num_classes: label values ``0..num_classes-1`` for integer maps (background included); multi-channel binary
-            maps need none (every channel is foreground).
+        num_classes: when given, integer maps must hold values ``0..num_classes-1`` (background included; a value
+            outside is an error); the Dice is over the ids present either way. Multi-channel binary maps need none
+            (every channel is foreground).
         max_labels: with many structures (e.g. 148 brain regions), the Dice of a random subset of at most this many
             foreground labels present in either map, drawn anew at each call from torch's RNG (seeded by
             ``set_determinism``): the one-hot maps and their warp then cost ``max_labels`` channels instead of
