@@ -13,6 +13,7 @@ from pathlib import Path
 __all__ = [
     "default_weights",
     "expected_hash",
+    "file_hash",
     "large_file_entries",
     "load_network_weights",
     "rng_safe_globals",
@@ -69,7 +70,8 @@ def expected_hash(path: str | os.PathLike) -> tuple[str, str] | None:
     return None
 
 
-def _file_hash(path: Path, hash_type: str) -> str:
+def file_hash(path: str | os.PathLike, hash_type: str = "sha256") -> str:
+    """Hex digest of the file at ``path`` (read in 1 MiB blocks), as ``large_files.yml`` records it."""
     import hashlib
 
     digest = hashlib.new(hash_type)
@@ -140,7 +142,7 @@ def load_network_weights(network, path: str | os.PathLike, bundle: str | os.Path
         raise FileNotFoundError(f"checkpoint '{path}' does not exist: train the bundle first or pass --checkpoint.")
     listed = expected_hash(path)
     if listed is not None:
-        got = _file_hash(path, listed[0])
+        got = file_hash(path, listed[0])
         if got != listed[1]:
             raise ValueError(
                 f"weights file '{path}' has {listed[0]} {got}, but large_files.yml expects {listed[1]}: the file is "

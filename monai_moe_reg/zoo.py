@@ -163,7 +163,7 @@ def export_zoo_bundle(
     import monai_moe_reg
     from monai_moe_reg.bundles import bundle_root
     from monai_moe_reg.data.staging import atomic_save, atomic_write_text, check_replaceable, staged_folder
-    from monai_moe_reg.weights import large_file_entries
+    from monai_moe_reg.weights import file_hash, large_file_entries
 
     src = bundle_root(bundle)
     out = Path(output)
@@ -211,7 +211,7 @@ def export_zoo_bundle(
             atomic_save(state, staging / "models" / "model.pt")
         else:
             model = atomic_save(state, upload_dir(src, weights_dir) / "model.pt")
-            digest = _file_sha256(model)
+            digest = file_hash(model)
             entries.append(
                 {"path": "models/model.pt", "url": str(weights_url), "hash_val": digest, "hash_type": "sha256"}
             )
@@ -235,16 +235,6 @@ def upload_dir(bundle: str | os.PathLike, weights_dir: str | os.PathLike | None 
     """Where :func:`export_zoo_bundle` with ``weights_url`` writes the ``model.pt`` to upload: ``weights_dir``, else
     ``./zoo_large_files/<bundle folder name>``."""
     return Path(weights_dir) if weights_dir else Path.cwd() / "zoo_large_files" / Path(bundle).resolve().name
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 ZOO_TEST_HEADER = "# Model Zoo unit test for the "

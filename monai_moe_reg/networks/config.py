@@ -90,17 +90,14 @@ def config_mismatch(saved: dict | None, network: nn.Module) -> list[str]:
         if old[key] != new[key]:
             out.append(f"{key}: {old[key]!r} -> {new[key]!r}")
     was, got = saved.get("llm"), now.get("llm")
-    if (
-        isinstance(was, dict)
-        and isinstance(got, dict)
-        and (was.get("sha256"), was.get("layers"))
-        != (
-            got.get("sha256"),
-            got.get("layers"),
-        )
-    ):
+    if isinstance(was, dict) and isinstance(got, dict) and _llm_key(was) != _llm_key(got):
         out.append(f"llm: {_llm_text(was)} -> {_llm_text(got)}")
     return out
+
+
+def _llm_key(llm: dict) -> tuple:
+    """What identifies LLM layers: the hash of their weights and their indices (the file name may differ)."""
+    return llm.get("sha256"), llm.get("layers")
 
 
 def _llm_text(llm: dict) -> str:
