@@ -311,3 +311,12 @@ def test_exported_bundle_runs_from_another_folder_and_writes_nothing_into_it(tmp
     )
     assert printed.strip().splitlines()[-1].startswith("SHMoAReg (1, 3, 32, 32, 32) " + str(bundle)), printed
     assert _tree(bundle) == before, "a run wrote into the bundle"
+
+
+def test_vendored_config_refuses_an_import_it_cannot_rewrite():
+    from monai_moe_reg.vendoring import vendored_config
+
+    with pytest.raises(ValueError, match=r"cannot vendor the import .*from monai_moe_reg.*use '\$import monai_moe_reg"):
+        vendored_config({"imports": ["$from monai_moe_reg.bundles import bundle_dir"]})
+    out = vendored_config({"imports": ["$import monai_moe_reg.data"], "x": "$monai_moe_reg.data.f('monai_moe_reg.y')"})
+    assert out["x"] == "$@package.data.f('monai_moe_reg.y')"  # code rewritten, quoted text left as it is
